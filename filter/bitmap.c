@@ -1,0 +1,434 @@
+/* nbdkit-relocate: the present-block bitmap, in memory and in its file. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <nbdkit-filter.h>
+
+#include "bitmap.h"
+
+/* On-disk header layout (all integers little-endian). */
+#define MAGIC "NBDKRELO"
+#define FORMAT_VERSION 1
+#define OFF_MAGIC      0    /* char[8] */
+#define OFF_VERSION    8    /* u32 */
+#define OFF_FLAGS     12    /* u32 */
+#define OFF_SIZE      16    /* u64 */
+#define OFF_BLKSIZE   24    /* u32 */
+#define OFF_NBLOCKS   32    /* u64 */
+#define OFF_SOURCE    40    /* char[256], NUL-terminated */
+#define OFF_CHECKSUM 296    /* SHA-256 of bytes [0, OFF_CHECKSUM) */
+#define HEADER_USED  328    /* everything fits in the first sector */
+
+#define PAGE 4096           /* unit of dirty tracking in the bits */
+
+static int fd = -1;                 /* the open bitmap file */
+static struct bitmap_info header;   /* as loaded, flags kept current */
+static bool header_dirty;
+static uint64_t *bits;              /* one bit per block */
+static uint64_t bits_bytes;         /* bitmap_bits_size (nblocks) */
+static uint64_t present;            /* number of bits set */
+static unsigned char *dirty;        /* one byte per PAGE of bits */
+static size_t npages;
+
+static void
+put32 (unsigned char *p, uint32_t v)
+{
+  v = GUINT32_TO_LE (v);
+  memcpy (p, &v, 4);
+}
+
+static void
+put64 (unsigned char *p, uint64_t v)
+{
+  v = GUINT64_TO_LE (v);
+  memcpy (p, &v, 8);
+}
+
+static uint32_t
+get32 (const unsigned char *p)
+{
+  uint32_t v;
+  memcpy (&v, p, 4);
+  return GUINT32_FROM_LE (v);
+}
+
+static uint64_t
+get64 (const unsigned char *p)
+{
+  uint64_t v;
+  memcpy (&v, p, 8);
+  return GUINT64_FROM_LE (v);
+}
+
+static void
+header_checksum (const unsigned char *buf, unsigned char out[32])
+{
+  GChecksum *c = g_checksum_new (G_CHECKSUM_SHA256);
+  gsize len = 32;
+
+  g_checksum_update (c, buf, OFF_CHECKSUM);
+  g_checksum_get_digest (c, out, &len);
+  g_checksum_free (c);
+}
+
+uint64_t
+bitmap_bits_size (uint64_t nblocks)
+{
+  return (nblocks + 63) / 64 * 8;
+}
+
+void
+bitmap_encode_header (const struct bitmap_info *info, unsigned char *buf)
+{
+  memset (buf, 0, BITMAP_HEADER_SIZE);
+  memcpy (buf + OFF_MAGIC, MAGIC, 8);
+  put32 (buf + OFF_VERSION, FORMAT_VERSION);
+  put32 (buf + OFF_FLAGS, info->flags);
+  put64 (buf + OFF_SIZE, info->size);
+  put32 (buf + OFF_BLKSIZE, info->block_size);
+  put64 (buf + OFF_NBLOCKS, info->nblocks);
+  g_strlcpy ((char *) buf + OFF_SOURCE, info->source, sizeof info->source);
+  header_checksum (buf, buf + OFF_CHECKSUM);
+}
+
+int
+bitmap_parse_header (const unsigned char *buf, struct bitmap_info *info,
+                     char *why, size_t whylen)
+{
+  unsigned char sum[32];
+  uint32_t version, bs;
+
+  if (memcmp (buf + OFF_MAGIC, MAGIC, 8) != 0) {
+    snprintf (why, whylen, "not a relocate bitmap (bad magic)");
+    return -1;
+  }
+  version = get32 (buf + OFF_VERSION);
+  if (version != FORMAT_VERSION) {
+    snprintf (why, whylen, "bitmap version %u is not supported (want %u)",
+              version, FORMAT_VERSION);
+    return -1;
+  }
+  header_checksum (buf, sum);
+  if (memcmp (sum, buf + OFF_CHECKSUM, 32) != 0) {
+    snprintf (why, whylen, "header checksum mismatch (corrupt)");
+    return -1;
+  }
+  info->flags = get32 (buf + OFF_FLAGS);
+  info->size = get64 (buf + OFF_SIZE);
+  bs = get32 (buf + OFF_BLKSIZE);
+  info->block_size = bs;
+  info->nblocks = get64 (buf + OFF_NBLOCKS);
+  if (bs < 4096 || bs > 32 * 1024 * 1024 || (bs & (bs - 1)) != 0 ||
+      info->size > INT64_MAX ||
+      info->nblocks != (info->size + bs - 1) / bs ||
+      (info->flags & ~(BITMAP_FLAG_STARTED | BITMAP_FLAG_COMPLETE)) != 0) {
+    snprintf (why, whylen, "header fields are inconsistent (corrupt)");
+    return -1;
+  }
+  if (memchr (buf + OFF_SOURCE, 0, sizeof info->source) == NULL) {
+    snprintf (why, whylen, "source identity is not terminated (corrupt)");
+    return -1;
+  }
+  memcpy (info->source, buf + OFF_SOURCE, sizeof info->source);
+  return 0;
+}
+
+int
+bitmap_read_info (const char *path, struct bitmap_info *info)
+{
+  unsigned char buf[BITMAP_HEADER_SIZE];
+  char why[256];
+  struct stat st;
+  ssize_t r;
+  int f;
+
+  f = open (path, O_RDONLY | O_CLOEXEC);
+  if (f == -1) {
+    nbdkit_error ("relocate-bitmap %s: %m", path);
+    return -1;
+  }
+  if (fstat (f, &st) == -1) {
+    nbdkit_error ("relocate-bitmap %s: fstat: %m", path);
+    close (f);
+    return -1;
+  }
+  r = pread (f, buf, sizeof buf, 0);
+  close (f);
+  if (r == -1) {
+    nbdkit_error ("relocate-bitmap %s: read: %m", path);
+    return -1;
+  }
+  if (r < (ssize_t) sizeof buf) {
+    nbdkit_error ("relocate-bitmap %s: truncated: %zd bytes, "
+                  "shorter than its %d byte header", path, r, BITMAP_HEADER_SIZE);
+    return -1;
+  }
+  if (bitmap_parse_header (buf, info, why, sizeof why) == -1) {
+    nbdkit_error ("relocate-bitmap %s: %s", path, why);
+    return -1;
+  }
+  if ((uint64_t) st.st_size < BITMAP_HEADER_SIZE + bitmap_bits_size (info->nblocks)) {
+    nbdkit_error ("relocate-bitmap %s: truncated: %" PRIu64 " bytes, "
+                  "need %" PRIu64 " for %" PRIu64 " blocks",
+                  path, (uint64_t) st.st_size,
+                  BITMAP_HEADER_SIZE + bitmap_bits_size (info->nblocks),
+                  info->nblocks);
+    return -1;
+  }
+  return 0;
+}
+
+/* fsync the directory holding path, so a rename in it is durable. */
+static int
+sync_parent_dir (const char *path)
+{
+  g_autofree char *dir = g_path_get_dirname (path);
+  int d = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+  if (d == -1 || fsync (d) == -1) {
+    nbdkit_error ("%s: fsync directory: %m", dir);
+    if (d >= 0)
+      close (d);
+    return -1;
+  }
+  close (d);
+  return 0;
+}
+
+int
+bitmap_create (const char *path, const struct bitmap_info *info)
+{
+  g_autofree char *tmp = g_strdup_printf ("%s.new", path);
+  unsigned char buf[BITMAP_HEADER_SIZE];
+  int f;
+
+  bitmap_encode_header (info, buf);
+  f = open (tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (f == -1) {
+    nbdkit_error ("relocate-bitmap %s: create: %m", tmp);
+    return -1;
+  }
+  if (pwrite (f, buf, sizeof buf, 0) != sizeof buf ||
+      ftruncate (f, BITMAP_HEADER_SIZE + bitmap_bits_size (info->nblocks)) == -1 ||
+      fsync (f) == -1) {
+    nbdkit_error ("relocate-bitmap %s: write: %m", tmp);
+    close (f);
+    unlink (tmp);
+    return -1;
+  }
+  close (f);
+  if (rename (tmp, path) == -1) {
+    nbdkit_error ("relocate-bitmap %s: rename: %m", path);
+    unlink (tmp);
+    return -1;
+  }
+  return sync_parent_dir (path);
+}
+
+int
+bitmap_load (const char *path)
+{
+  uint64_t i;
+  ssize_t r;
+
+  if (bitmap_read_info (path, &header) == -1)
+    return -1;
+  fd = open (path, O_RDWR | O_CLOEXEC);
+  if (fd == -1) {
+    nbdkit_error ("relocate-bitmap %s: %m", path);
+    return -1;
+  }
+  bits_bytes = bitmap_bits_size (header.nblocks);
+  npages = (bits_bytes + PAGE - 1) / PAGE;
+  bits = calloc (1, bits_bytes ? bits_bytes : 8);
+  dirty = calloc (1, npages ? npages : 1);
+  if (bits == NULL || dirty == NULL) {
+    nbdkit_error ("relocate-bitmap %s: malloc: %m", path);
+    return -1;
+  }
+  r = pread (fd, bits, bits_bytes, BITMAP_HEADER_SIZE);
+  if (r != (ssize_t) bits_bytes) {
+    nbdkit_error ("relocate-bitmap %s: read bits: %s", path,
+                  r == -1 ? g_strerror (errno) : "short read");
+    return -1;
+  }
+  present = 0;
+  for (i = 0; i < bits_bytes / 8; ++i) {
+    bits[i] = GUINT64_FROM_LE (bits[i]);
+    /* Bits past the last block are meaningless: clear them. */
+    if (i == bits_bytes / 8 - 1 && header.nblocks % 64)
+      bits[i] &= (UINT64_C (1) << (header.nblocks % 64)) - 1;
+    present += __builtin_popcountll (bits[i]);
+  }
+  header_dirty = false;
+  return 0;
+}
+
+void
+bitmap_unload (void)
+{
+  if (fd >= 0)
+    close (fd);
+  fd = -1;
+  free (bits);
+  free (dirty);
+  bits = NULL;
+  dirty = NULL;
+}
+
+const struct bitmap_info *
+bitmap_info (void)
+{
+  return &header;
+}
+
+bool
+bitmap_get (uint64_t blk)
+{
+  return (bits[blk / 64] >> (blk % 64)) & 1;
+}
+
+void
+bitmap_set (uint64_t blk)
+{
+  uint64_t mask = UINT64_C (1) << (blk % 64);
+
+  if (bits[blk / 64] & mask)
+    return;
+  bits[blk / 64] |= mask;
+  present++;
+  dirty[blk / 8 / PAGE] = 1;
+}
+
+uint64_t
+bitmap_count (void)
+{
+  return present;
+}
+
+void
+bitmap_set_flag (uint32_t flag)
+{
+  if ((header.flags & flag) != flag) {
+    header.flags |= flag;
+    header_dirty = true;
+  }
+}
+
+uint64_t
+bitmap_next_absent (uint64_t from)
+{
+  uint64_t w;
+
+  while (from < header.nblocks) {
+    w = ~bits[from / 64] >> (from % 64);
+    if (w)
+      return MIN (from + __builtin_ctzll (w), header.nblocks);
+    from = (from / 64 + 1) * 64;
+  }
+  return header.nblocks;
+}
+
+struct bitmap_snapshot {
+  bool header;                  /* write the header too */
+  unsigned char hdr[BITMAP_HEADER_SIZE];
+  size_t n;                     /* pages in the snapshot */
+  size_t *page;                 /* their indexes */
+  unsigned char *data;          /* n * PAGE bytes, little-endian words */
+};
+
+struct bitmap_snapshot *
+bitmap_take_snapshot (void)
+{
+  struct bitmap_snapshot *s = calloc (1, sizeof *s);
+  size_t i, n = 0, j;
+
+  if (s == NULL)
+    return NULL;
+  for (i = 0; i < npages; ++i)
+    n += dirty[i];
+  s->page = malloc ((n ? n : 1) * sizeof *s->page);
+  s->data = malloc ((n ? n : 1) * PAGE);
+  if (s->page == NULL || s->data == NULL) {
+    bitmap_free_snapshot (s);
+    return NULL;
+  }
+  for (i = 0; i < npages; ++i) {
+    if (!dirty[i])
+      continue;
+    uint64_t *out = (uint64_t *) (s->data + s->n * PAGE);
+    size_t words = MIN ((uint64_t) PAGE, bits_bytes - i * PAGE) / 8;
+    for (j = 0; j < words; ++j)
+      out[j] = GUINT64_TO_LE (bits[i * PAGE / 8 + j]);
+    s->page[s->n++] = i;
+    dirty[i] = 0;
+  }
+  if (header_dirty) {
+    s->header = true;
+    bitmap_encode_header (&header, s->hdr);
+    header_dirty = false;
+  }
+  return s;
+}
+
+int
+bitmap_write_snapshot (struct bitmap_snapshot *s)
+{
+  size_t i;
+
+  for (i = 0; i < s->n; ++i) {
+    uint64_t off = (uint64_t) s->page[i] * PAGE;
+    size_t len = MIN ((uint64_t) PAGE, bits_bytes - off);
+    if (pwrite (fd, s->data + i * PAGE, len, BITMAP_HEADER_SIZE + off)
+        != (ssize_t) len)
+      goto err;
+  }
+  /* The header goes last: a complete flag must never be durable
+   * before the bits it summarises.
+   */
+  if (s->n && s->header && fdatasync (fd) == -1)
+    goto err;
+  if (s->header &&
+      pwrite (fd, s->hdr, BITMAP_HEADER_SIZE, 0) != BITMAP_HEADER_SIZE)
+    goto err;
+  if ((s->n || s->header) && fdatasync (fd) == -1)
+    goto err;
+  return 0;
+
+ err:
+  if (errno == 0)
+    errno = EIO;
+  nbdkit_error ("relocate-bitmap: write: %m");
+  return -1;
+}
+
+void
+bitmap_restore_snapshot (struct bitmap_snapshot *s)
+{
+  size_t i;
+
+  for (i = 0; i < s->n; ++i)
+    dirty[s->page[i]] = 1;
+  if (s->header)
+    header_dirty = true;
+}
+
+void
+bitmap_free_snapshot (struct bitmap_snapshot *s)
+{
+  if (s == NULL)
+    return;
+  free (s->page);
+  free (s->data);
+  free (s);
+}

@@ -1,0 +1,674 @@
+/* nbdkit-relocate: the block store. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <nbdkit-filter.h>
+
+#include "relocate.h"
+#include "bitmap.h"
+#include "blk.h"
+#include "upstream.h"
+
+uint32_t blk_size;
+uint64_t blk_nblocks;
+uint64_t blk_export_size;
+
+static int fd = -1;                     /* the local file */
+
+/* lock protects the bitmap's bits and busy; changed is broadcast
+ * whenever a block leaves the busy state.
+ */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t changed;
+static uint64_t *busy;                  /* one bit per block */
+
+/* Serialises blk_flush, so snapshots reach the file in order. */
+static pthread_mutex_t persist_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static uint64_t demand_hint;            /* atomic */
+
+/* Claimed runs a single request handles per pass. */
+#define MAX_RUNS 16
+
+static bool
+is_busy (uint64_t b)
+{
+  return (busy[b / 64] >> (b % 64)) & 1;
+}
+
+static void
+set_busy (uint64_t b, bool on)
+{
+  if (on)
+    busy[b / 64] |= UINT64_C (1) << (b % 64);
+  else
+    busy[b / 64] &= ~(UINT64_C (1) << (b % 64));
+}
+
+int
+blk_open (const char *file)
+{
+  const struct bitmap_info *info = bitmap_info ();
+  pthread_condattr_t attr;
+
+  blk_size = info->block_size;
+  blk_nblocks = info->nblocks;
+  blk_export_size = info->size;
+  fd = open (file, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd == -1) {
+    nbdkit_error ("relocate-file %s: %m", file);
+    return -1;
+  }
+  if (ftruncate (fd, blk_export_size) == -1) {
+    nbdkit_error ("relocate-file %s: cannot size to %" PRIu64 ": %m",
+                  file, blk_export_size);
+    return -1;
+  }
+  busy = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
+  if (busy == NULL) {
+    nbdkit_error ("relocate: malloc: %m");
+    return -1;
+  }
+  pthread_condattr_init (&attr);
+  pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+  pthread_cond_init (&changed, &attr);
+  pthread_condattr_destroy (&attr);
+  return 0;
+}
+
+void
+blk_close (void)
+{
+  if (fd >= 0)
+    close (fd);
+  fd = -1;
+  free (busy);
+  busy = NULL;
+}
+
+/* Bytes of the export covered by blocks [first, first+n). */
+static uint64_t
+run_bytes (uint64_t first, uint64_t n)
+{
+  uint64_t off = first * blk_size;
+  return MIN (n * blk_size, blk_export_size - off);
+}
+
+static int
+full_pwrite (const void *buf, uint64_t count, uint64_t offset)
+{
+  while (count > 0) {
+    ssize_t r = pwrite (fd, buf, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    buf = (const char *) buf + r;
+    count -= r;
+    offset += r;
+  }
+  return 0;
+}
+
+static int
+full_pread (void *buf, uint64_t count, uint64_t offset)
+{
+  while (count > 0) {
+    ssize_t r = pread (fd, buf, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    if (r == 0) {               /* the file was truncated under us */
+      memset (buf, 0, count);
+      return 0;
+    }
+    buf = (char *) buf + r;
+    count -= r;
+    offset += r;
+  }
+  return 0;
+}
+
+/* Make [offset, offset+count) of the local file read as zeroes. */
+static int
+zero_local (uint64_t count, uint64_t offset, bool may_trim)
+{
+  static const char zeroes[65536];
+
+  if (may_trim &&
+      fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                 offset, count) == 0)
+    return 0;
+  if (fallocate (fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                 offset, count) == 0)
+    return 0;
+  if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+    return -1;
+  while (count > 0) {
+    uint64_t n = MIN (count, sizeof zeroes);
+    if (full_pwrite (zeroes, n, offset) == -1)
+      return -1;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+/* Leave the busy state, marking present or not; caller holds lock. */
+static void
+finish_run_locked (uint64_t first, uint64_t n, bool present)
+{
+  uint64_t b;
+
+  for (b = first; b < first + n; ++b) {
+    if (present)
+      bitmap_set (b);
+    set_busy (b, false);
+  }
+  pthread_cond_broadcast (&changed);
+}
+
+static void
+finish_run (uint64_t first, uint64_t n, bool present)
+{
+  pthread_mutex_lock (&lock);
+  finish_run_locked (first, n, present);
+  pthread_mutex_unlock (&lock);
+}
+
+void
+blk_release (uint64_t first, uint64_t n)
+{
+  finish_run (first, n, false);
+}
+
+int
+blk_fetch_claimed (uint64_t first, uint64_t n, void *buf, bool background,
+                   int *err)
+{
+  uint64_t off = first * blk_size, len = run_bytes (first, n);
+
+  if (upstream_pread (buf, len, off, err) == -1)
+    goto fail;
+  if (full_pwrite (buf, len, off) == -1) {
+    *err = errno;
+    nbdkit_error ("relocate-file: write of fetched blocks %" PRIu64
+                  "-%" PRIu64 ": %m", first, first + n - 1);
+    goto fail;
+  }
+  finish_run (first, n, true);
+  if (background)
+    STAT_ADD (fetched_background, len);
+  else
+    STAT_ADD (fetched_demand, len);
+  return 0;
+
+ fail:
+  finish_run (first, n, false);
+  return -1;
+}
+
+int
+blk_zero_claimed (uint64_t first, uint64_t n, int *err)
+{
+  uint64_t len = run_bytes (first, n);
+
+  if (zero_local (len, first * blk_size, true) == -1) {
+    *err = errno;
+    nbdkit_error ("relocate-file: zeroing blocks %" PRIu64 "-%" PRIu64
+                  ": %m", first, first + n - 1);
+    finish_run (first, n, false);
+    return -1;
+  }
+  finish_run (first, n, true);
+  STAT_ADD (skipped_zero, len);
+  return 0;
+}
+
+/* Make every block of [offset, offset+count) present, fetching the
+ * absent ones (each run of them in one request) and waiting for the
+ * busy ones.
+ */
+static int
+ensure_present (uint64_t offset, uint64_t count, int *err)
+{
+  uint64_t b0 = offset / blk_size, b1 = (offset + count - 1) / blk_size;
+  uint64_t first[MAX_RUNS], n[MAX_RUNS], b, maxlen = 0;
+  size_t runs, i;
+  bool waiting;
+  void *buf;
+
+  for (;;) {
+    /* Claim the absent runs that nobody else owns. */
+    pthread_mutex_lock (&lock);
+    runs = 0;
+    waiting = false;
+    for (b = b0; b <= b1 && runs < MAX_RUNS; ++b) {
+      if (bitmap_get (b))
+        continue;
+      if (is_busy (b)) {
+        waiting = true;
+        continue;
+      }
+      if (runs > 0 && first[runs - 1] + n[runs - 1] == b)
+        n[runs - 1]++;
+      else {
+        first[runs] = b;
+        n[runs++] = 1;
+      }
+      set_busy (b, true);
+    }
+    if (runs == 0 && !waiting) {
+      pthread_mutex_unlock (&lock);
+      return 0;                 /* all present */
+    }
+    if (runs == 0) {
+      pthread_cond_wait (&changed, &lock);
+      pthread_mutex_unlock (&lock);
+      continue;
+    }
+    pthread_mutex_unlock (&lock);
+
+    /* Fetch them. */
+    for (i = 0; i < runs; ++i)
+      maxlen = MAX (maxlen, run_bytes (first[i], n[i]));
+    buf = malloc (maxlen);
+    if (buf == NULL) {
+      *err = errno;
+      nbdkit_error ("relocate: malloc: %m");
+      for (i = 0; i < runs; ++i)
+        blk_release (first[i], n[i]);
+      return -1;
+    }
+    for (i = 0; i < runs; ++i) {
+      if (blk_fetch_claimed (first[i], n[i], buf, false, err) == -1) {
+        for (++i; i < runs; ++i)
+          blk_release (first[i], n[i]);
+        free (buf);
+        return -1;
+      }
+      __atomic_store_n (&demand_hint, first[i] + n[i], __ATOMIC_RELAXED);
+    }
+    free (buf);
+  }
+}
+
+int
+blk_read (void *buf, uint32_t count, uint64_t offset, int *err)
+{
+  if (ensure_present (offset, count, err) == -1)
+    return -1;
+  if (full_pread (buf, count, offset) == -1) {
+    *err = errno;
+    nbdkit_error ("relocate-file: read at offset %" PRIu64 ": %m", offset);
+    return -1;
+  }
+  return 0;
+}
+
+int
+blk_cache (uint32_t count, uint64_t offset, int *err)
+{
+  return ensure_present (offset, count, err);
+}
+
+/* What a modifying request does to the local file. */
+enum op { OP_WRITE, OP_ZERO, OP_TRIM };
+
+/* Fetch block b, which this thread owns, into the local file. */
+static int
+fetch_owned_block (uint64_t b, int *err)
+{
+  uint64_t len = run_bytes (b, 1);
+  void *buf = malloc (len);
+  int r = -1;
+
+  if (buf == NULL) {
+    *err = errno;
+    nbdkit_error ("relocate: malloc: %m");
+    return -1;
+  }
+  if (upstream_pread (buf, len, b * blk_size, err) == 0) {
+    if (full_pwrite (buf, len, b * blk_size) == 0) {
+      STAT_ADD (fetched_demand, len);
+      r = 0;
+    }
+    else {
+      *err = errno;
+      nbdkit_error ("relocate-file: write of block %" PRIu64 ": %m", b);
+    }
+  }
+  free (buf);
+  return r;
+}
+
+/* Write, zero or trim [offset, offset+count) in the local file.
+ *
+ * Wait until no block of the range is busy, then own every absent
+ * block of it.  An absent block only partly covered is fetched first
+ * (its other bytes must keep the source's data).  Once the local file
+ * is changed, the owned blocks become present.
+ */
+static int
+modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
+        bool flag, int *err)
+{
+  uint64_t b0 = offset / blk_size, b1 = (offset + count - 1) / blk_size;
+  uint64_t end = offset + count, b;
+  bool head_partial, tail_partial, head_absent, tail_absent;
+  int r;
+
+  pthread_mutex_lock (&lock);
+ again:
+  for (b = b0; b <= b1; ++b) {
+    if (is_busy (b)) {
+      pthread_cond_wait (&changed, &lock);
+      goto again;
+    }
+  }
+  for (b = b0; b <= b1; ++b)
+    if (!bitmap_get (b))
+      set_busy (b, true);
+  head_absent = !bitmap_get (b0);
+  tail_absent = !bitmap_get (b1);
+  pthread_mutex_unlock (&lock);
+
+  head_partial = offset % blk_size != 0 ||
+    (b0 == b1 && end < MIN ((b0 + 1) * blk_size, blk_export_size));
+  tail_partial = end < MIN ((b1 + 1) * blk_size, blk_export_size);
+
+  r = 0;
+  if (op != OP_TRIM) {
+    if (head_partial && head_absent)
+      r = fetch_owned_block (b0, err);
+    if (r == 0 && b1 != b0 && tail_partial && tail_absent)
+      r = fetch_owned_block (b1, err);
+  }
+  if (r == 0) {
+    switch (op) {
+    case OP_WRITE: r = full_pwrite (buf, count, offset); break;
+    case OP_ZERO: r = zero_local (count, offset, flag); break;
+    case OP_TRIM: r = zero_local (count, offset, true); break;
+    }
+    if (r == -1) {
+      *err = errno;
+      nbdkit_error ("relocate-file: %s of %" PRIu32 " bytes at offset %"
+                    PRIu64 ": %m",
+                    op == OP_WRITE ? "write" : op == OP_ZERO ? "zero" : "trim",
+                    count, offset);
+    }
+  }
+
+  /* Every busy block of the range is ours. */
+  pthread_mutex_lock (&lock);
+  for (b = b0; b <= b1; ++b)
+    if (is_busy (b))
+      finish_run_locked (b, 1, r == 0);
+  pthread_mutex_unlock (&lock);
+  return r;
+}
+
+int
+blk_write (const void *buf, uint32_t count, uint64_t offset, bool fua,
+           int *err)
+{
+  if (modify (OP_WRITE, buf, count, offset, false, err) == -1)
+    return -1;
+  STAT_ADD (written, count);
+  return fua ? blk_flush (err) : 0;
+}
+
+int
+blk_zero (uint32_t count, uint64_t offset, bool may_trim, bool fua, int *err)
+{
+  if (modify (OP_ZERO, NULL, count, offset, may_trim, err) == -1)
+    return -1;
+  return fua ? blk_flush (err) : 0;
+}
+
+/* Trim is advisory: only whole blocks are discarded (they become
+ * present and read as zeroes, so they are never fetched); the partly
+ * covered blocks at the edges are left alone.
+ */
+int
+blk_trim (uint32_t count, uint64_t offset, bool fua, int *err)
+{
+  uint64_t start = (offset + blk_size - 1) / blk_size * blk_size;
+  uint64_t end = (offset + count) / blk_size * blk_size;
+
+  if (offset + count == blk_export_size)
+    end = blk_export_size;
+  if (start < end &&
+      modify (OP_TRIM, NULL, end - start, start, true, err) == -1)
+    return -1;
+  return fua ? blk_flush (err) : 0;
+}
+
+int
+blk_flush (int *err)
+{
+  struct bitmap_snapshot *snap;
+  int r = 0;
+
+  pthread_mutex_lock (&persist_lock);
+  pthread_mutex_lock (&lock);
+  snap = bitmap_take_snapshot ();
+  pthread_mutex_unlock (&lock);
+  if (snap == NULL) {
+    *err = ENOMEM;
+    nbdkit_error ("relocate: malloc: %m");
+    pthread_mutex_unlock (&persist_lock);
+    return -1;
+  }
+  /* The data first: no bit may reach the bitmap file before the
+   * block it describes is durable in the local file.
+   */
+  if (fdatasync (fd) == -1) {
+    *err = errno;
+    nbdkit_error ("relocate-file: fdatasync: %m");
+    r = -1;
+  }
+  else if (bitmap_write_snapshot (snap) == -1) {
+    *err = errno;
+    r = -1;
+  }
+  if (r == -1) {
+    pthread_mutex_lock (&lock);
+    bitmap_restore_snapshot (snap);
+    pthread_mutex_unlock (&lock);
+  }
+  bitmap_free_snapshot (snap);
+  pthread_mutex_unlock (&persist_lock);
+  return r;
+}
+
+int
+blk_persist_flag (uint32_t flag)
+{
+  int err;
+
+  pthread_mutex_lock (&lock);
+  bitmap_set_flag (flag);
+  pthread_mutex_unlock (&lock);
+  return blk_flush (&err);
+}
+
+/* Report local holes and data in [offset, end), a present range. */
+static int
+local_extents (uint64_t offset, uint64_t end, struct nbdkit_extents *extents)
+{
+  while (offset < end) {
+    off_t data = lseek (fd, offset, SEEK_DATA), hole;
+
+    if (data == -1 && errno != ENXIO)
+      return nbdkit_add_extent (extents, offset, end - offset, 0);
+    if (data == -1 || (uint64_t) data >= end)
+      return nbdkit_add_extent (extents, offset, end - offset,
+                                NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+    if ((uint64_t) data > offset) {
+      if (nbdkit_add_extent (extents, offset, data - offset,
+                             NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) == -1)
+        return -1;
+      offset = data;
+    }
+    hole = lseek (fd, offset, SEEK_HOLE);
+    if (hole == -1 || (uint64_t) hole > end)
+      hole = end;
+    if (nbdkit_add_extent (extents, offset, hole - offset, 0) == -1)
+      return -1;
+    offset = hole;
+  }
+  return 0;
+}
+
+/* Copy the source's extents for the absent range [offset, end). */
+static int
+source_extents (uint64_t offset, uint64_t end, struct nbdkit_extents *extents)
+{
+  struct nbdkit_extents *up = nbdkit_extents_new (offset, end);
+  size_t i;
+  int err, r = 0;
+
+  if (up == NULL)
+    return -1;
+  if (upstream_extents (end - offset, offset, up, &err) == -1 ||
+      nbdkit_extents_count (up) == 0)
+    r = nbdkit_add_extent (extents, offset, end - offset, 0);
+  else {
+    for (i = 0; r == 0 && i < nbdkit_extents_count (up); ++i) {
+      struct nbdkit_extent e = nbdkit_get_extent (up, i);
+      r = nbdkit_add_extent (extents, e.offset, e.length, e.type);
+    }
+  }
+  nbdkit_extents_free (up);
+  return r;
+}
+
+int
+blk_extents (uint32_t count, uint64_t offset,
+             struct nbdkit_extents *extents, int *err)
+{
+  uint64_t end = offset + count, b, run_end;
+  bool present;
+
+  /* One run of present or absent blocks per pass; stop after asking
+   * the source once, since that costs a round trip.
+   */
+  while (offset < end) {
+    b = offset / blk_size;
+    pthread_mutex_lock (&lock);
+    present = bitmap_get (b);
+    for (++b; b * blk_size < end && bitmap_get (b) == present; ++b)
+      ;
+    pthread_mutex_unlock (&lock);
+    run_end = MIN (b * blk_size, end);
+    if (present) {
+      if (local_extents (offset, run_end, extents) == -1)
+        goto err;
+    }
+    else {
+      if (source_extents (offset, run_end, extents) == -1)
+        goto err;
+      break;
+    }
+    offset = run_end;
+  }
+  return 0;
+
+ err:
+  *err = errno;
+  return -1;
+}
+
+bool
+blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t *first, uint64_t *n)
+{
+  uint64_t b, start = *cursor < blk_nblocks ? *cursor : 0;
+  bool wrapped = false;
+
+  pthread_mutex_lock (&lock);
+  b = start;
+  for (;;) {
+    b = bitmap_next_absent (b);
+    while (b < blk_nblocks && is_busy (b))
+      b = bitmap_next_absent (b + 1);
+    if (b < blk_nblocks)
+      break;
+    if (wrapped || start == 0) {
+      pthread_mutex_unlock (&lock);
+      return false;
+    }
+    wrapped = true;
+    b = 0;
+  }
+  *first = b;
+  *n = 0;
+  while (b < blk_nblocks && *n < max && !bitmap_get (b) && !is_busy (b)) {
+    set_busy (b, true);
+    ++*n;
+    ++b;
+  }
+  *cursor = b;
+  pthread_mutex_unlock (&lock);
+  return true;
+}
+
+uint64_t
+blk_present_blocks (void)
+{
+  uint64_t r;
+
+  pthread_mutex_lock (&lock);
+  r = bitmap_count ();
+  pthread_mutex_unlock (&lock);
+  return r;
+}
+
+uint64_t
+blk_present_bytes (void)
+{
+  uint64_t r;
+
+  pthread_mutex_lock (&lock);
+  r = bitmap_count () * blk_size;
+  if (blk_nblocks && bitmap_get (blk_nblocks - 1))
+    r -= (uint64_t) blk_nblocks * blk_size - blk_export_size;
+  pthread_mutex_unlock (&lock);
+  return r;
+}
+
+void
+blk_wait_change (unsigned ms)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock (&lock);
+  pthread_cond_timedwait (&changed, &lock, &ts);
+  pthread_mutex_unlock (&lock);
+}
+
+uint64_t
+blk_demand_hint (void)
+{
+  return __atomic_load_n (&demand_hint, __ATOMIC_RELAXED);
+}

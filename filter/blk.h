@@ -1,0 +1,77 @@
+/* nbdkit-relocate: the block store.
+ *
+ * The local file holds the relocated image; the bitmap says which of
+ * its blocks hold valid data.  A block is absent, busy (owned by one
+ * thread that is fetching or writing it) or present.  Only the owner
+ * of a busy block writes it, so a fetch can never overwrite a newer
+ * client write, and two readers of one absent block fetch it once.
+ * Blocks go absent -> busy -> present, or back to absent on failure.
+ */
+
+#ifndef RELOCATE_BLK_H
+#define RELOCATE_BLK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <nbdkit-filter.h>
+
+/* Open the local file (the bitmap is already loaded). */
+int blk_open (const char *file);
+void blk_close (void);
+
+extern uint32_t blk_size;     /* bytes per block */
+extern uint64_t blk_nblocks;  /* blocks in the export */
+extern uint64_t blk_export_size;
+
+/* Client operations while relocating or complete. */
+int blk_read (void *buf, uint32_t count, uint64_t offset, int *err);
+int blk_write (const void *buf, uint32_t count, uint64_t offset, bool fua,
+               int *err);
+int blk_zero (uint32_t count, uint64_t offset, bool may_trim, bool fua,
+              int *err);
+int blk_trim (uint32_t count, uint64_t offset, bool fua, int *err);
+int blk_cache (uint32_t count, uint64_t offset, int *err);
+int blk_extents (uint32_t count, uint64_t offset,
+                 struct nbdkit_extents *extents, int *err);
+
+/* Make everything written so far durable: fdatasync the local file,
+ * then write the dirty part of the bitmap and fdatasync it.
+ */
+int blk_flush (int *err);
+
+/* Set a bitmap header flag and make it durable with blk_flush. */
+int blk_persist_flag (uint32_t flag);
+
+/* For the background copy: claim the next run of at most max blocks
+ * that are absent and not busy, starting the search at *cursor and
+ * wrapping once.  Returns false if there is none right now.
+ */
+bool blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t *first,
+                     uint64_t *n);
+
+/* Fetch a claimed run from the source into buf (n * blk_size bytes),
+ * store it and mark it present; on failure the run is released.
+ */
+int blk_fetch_claimed (uint64_t first, uint64_t n, void *buf,
+                       bool background, int *err);
+
+/* Mark a claimed run present as zeroes (punching a hole). */
+int blk_zero_claimed (uint64_t first, uint64_t n, int *err);
+
+/* Release a claimed run unchanged. */
+void blk_release (uint64_t first, uint64_t n);
+
+/* Counters. */
+uint64_t blk_present_blocks (void);
+uint64_t blk_present_bytes (void);
+
+/* Wait until some block changes state or the timeout (ms) passes. */
+void blk_wait_change (unsigned ms);
+
+/* Where the client last fetched on demand: the background copy
+ * continues from there (the guest tends to read on).
+ */
+uint64_t blk_demand_hint (void);
+
+#endif /* RELOCATE_BLK_H */

@@ -1,0 +1,369 @@
+/* nbdkit-relocate: the control socket that relocatectl talks to. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <nbdkit-filter.h>
+
+#include "relocate.h"
+#include "blk.h"
+#include "bgcopy.h"
+#include "control.h"
+#include "upstream.h"
+
+#define MAX_CLIENTS 16
+
+struct client {
+  int fd;
+  size_t len;
+  char buf[CONTROL_MAX_LINE + 1];
+};
+
+static int listen_fd = -1;
+static int wake[2] = { -1, -1 };   /* control_stop writes here */
+static pthread_t thread;
+static bool running;
+static char *socket_path;
+
+int
+control_parse_size (const char *s, uint64_t *out)
+{
+  char *end;
+  guint64 v, mult = 1;
+
+  if (!g_ascii_isdigit (*s))
+    return -1;
+  errno = 0;
+  v = g_ascii_strtoull (s, &end, 10);
+  if (errno)
+    return -1;
+  switch (*end) {
+  case '\0': break;
+  case 'k': case 'K': mult = 1ULL << 10; end++; break;
+  case 'm': case 'M': mult = 1ULL << 20; end++; break;
+  case 'g': case 'G': mult = 1ULL << 30; end++; break;
+  case 't': case 'T': mult = 1ULL << 40; end++; break;
+  default: return -1;
+  }
+  if (*end != '\0' || v > UINT64_MAX / mult)
+    return -1;
+  *out = v * mult;
+  return 0;
+}
+
+int
+control_parse (const char *line, struct control_cmd *cmd,
+               char *why, size_t whylen)
+{
+  static const struct { const char *name; enum control_verb verb; } verbs[] = {
+    { "status", CMD_STATUS }, { "start", CMD_START }, { "pause", CMD_PAUSE },
+    { "resume", CMD_RESUME }, { "rate", CMD_RATE },
+    { "reconnect", CMD_RECONNECT },
+  };
+  g_auto (GStrv) words = NULL;
+  g_autofree char *copy = NULL;
+  size_t i, n;
+
+  if (strlen (line) > CONTROL_MAX_LINE) {
+    snprintf (why, whylen, "request longer than %d bytes", CONTROL_MAX_LINE);
+    return -1;
+  }
+  for (i = 0; line[i]; ++i) {
+    if (!g_ascii_isprint (line[i])) {
+      snprintf (why, whylen, "request has a control character");
+      return -1;
+    }
+  }
+  copy = g_strstrip (g_strdup (line));
+  words = g_strsplit_set (copy, " \t", -1);
+  /* Drop empty words left by repeated spaces. */
+  for (i = n = 0; words[i]; ++i) {
+    if (*words[i])
+      words[n++] = words[i];
+    else
+      g_free (words[i]);
+  }
+  words[n] = NULL;
+  if (n == 0) {
+    snprintf (why, whylen, "empty request");
+    return -1;
+  }
+  for (i = 0; i < G_N_ELEMENTS (verbs); ++i)
+    if (strcmp (words[0], verbs[i].name) == 0)
+      break;
+  if (i == G_N_ELEMENTS (verbs)) {
+    snprintf (why, whylen, "unknown command '%.32s'", words[0]);
+    return -1;
+  }
+  cmd->verb = verbs[i].verb;
+  if (cmd->verb == CMD_RATE) {
+    if (n != 2 || control_parse_size (words[1], &cmd->rate) == -1) {
+      snprintf (why, whylen, "usage: rate SIZE (bytes per second, 0 = unlimited)");
+      return -1;
+    }
+  }
+  else if (n != 1) {
+    snprintf (why, whylen, "'%s' takes no argument", words[0]);
+    return -1;
+  }
+  return 0;
+}
+
+void
+control_json_string (GString *out, const char *s)
+{
+  g_string_append_c (out, '"');
+  for (; *s; ++s) {
+    unsigned char c = *s;
+    if (c == '"' || c == '\\')
+      g_string_append_printf (out, "\\%c", c);
+    else if (c < 0x20 || c == 0x7f)
+      g_string_append_printf (out, "\\u%04x", c);
+    else
+      g_string_append_c (out, c);
+  }
+  g_string_append_c (out, '"');
+}
+
+static const char *
+state_name (enum reloc_state s)
+{
+  switch (s) {
+  case STATE_STANDBY: return "standby";
+  case STATE_RELOCATING: return "relocating";
+  case STATE_COMPLETE: return "complete";
+  }
+  return "unknown";
+}
+
+static void
+reply_status (GString *out)
+{
+  char err[256];
+  enum reloc_state state = relocate_state ();
+
+  upstream_last_error (err, sizeof err);
+  g_string_append_printf (out, "{\"ok\":true,\"state\":\"%s\"", state_name (state));
+  g_string_append_printf (out, ",\"size\":%" PRIu64, blk_export_size);
+  g_string_append_printf (out, ",\"present_bytes\":%" PRIu64, blk_present_bytes ());
+  g_string_append_printf (out, ",\"block_size\":%" PRIu32, blk_size);
+  g_string_append_printf (out, ",\"fetched_demand_bytes\":%" PRIu64,
+                          STAT_GET (fetched_demand));
+  g_string_append_printf (out, ",\"fetched_background_bytes\":%" PRIu64,
+                          STAT_GET (fetched_background));
+  g_string_append_printf (out, ",\"skipped_zero_bytes\":%" PRIu64,
+                          STAT_GET (skipped_zero));
+  g_string_append_printf (out, ",\"written_bytes\":%" PRIu64, STAT_GET (written));
+  g_string_append_printf (out, ",\"elapsed_seconds\":%.3f", relocate_elapsed ());
+  g_string_append_printf (out, ",\"paused\":%s",
+                          relocate_paused () ? "true" : "false");
+  g_string_append_printf (out, ",\"background\":%s",
+                          cfg.background ? "true" : "false");
+  g_string_append_printf (out, ",\"rate\":%" PRIu64, relocate_rate ());
+  g_string_append_printf (out, ",\"upstream_connected\":%s",
+                          upstream_connected () ? "true" : "false");
+  g_string_append (out, ",\"last_error\":");
+  control_json_string (out, err);
+  g_string_append (out, ",\"file\":");
+  control_json_string (out, cfg.file);
+  g_string_append (out, "}");
+}
+
+/* Execute one request line and append the one-line reply. */
+static void
+execute (const char *line, GString *out)
+{
+  struct control_cmd cmd;
+  char why[128];
+
+  if (control_parse (line, &cmd, why, sizeof why) == -1) {
+    g_string_append (out, "{\"ok\":false,\"error\":");
+    control_json_string (out, why);
+    g_string_append (out, "}");
+    return;
+  }
+  switch (cmd.verb) {
+  case CMD_STATUS:
+    reply_status (out);
+    return;
+  case CMD_START:
+    if (relocate_start ("relocatectl start") == -1) {
+      g_string_append (out, "{\"ok\":false,\"error\":\"cannot start: "
+                       "see the nbdkit log\"}");
+      return;
+    }
+    break;
+  case CMD_PAUSE: relocate_set_paused (true); break;
+  case CMD_RESUME: relocate_set_paused (false); break;
+  case CMD_RATE: relocate_set_rate (cmd.rate); break;
+  case CMD_RECONNECT: upstream_reconnect (); break;
+  }
+  g_string_append (out, "{\"ok\":true}");
+}
+
+/* Handle what a client sent; false when it must be dropped. */
+static bool
+serve_client (struct client *c)
+{
+  ssize_t r = read (c->fd, c->buf + c->len, CONTROL_MAX_LINE + 1 - c->len);
+  char *nl;
+
+  if (r <= 0)
+    return r == -1 && (errno == EAGAIN || errno == EINTR);
+  c->len += r;
+  while ((nl = memchr (c->buf, '\n', c->len)) != NULL) {
+    g_autoptr (GString) out = g_string_new (NULL);
+    size_t used = nl - c->buf + 1;
+
+    *nl = '\0';
+    if (nl > c->buf && nl[-1] == '\r')
+      nl[-1] = '\0';
+    execute (c->buf, out);
+    g_string_append_c (out, '\n');
+    if (send (c->fd, out->str, out->len, MSG_NOSIGNAL | MSG_DONTWAIT)
+        != (ssize_t) out->len)
+      return false;
+    memmove (c->buf, c->buf + used, c->len - used);
+    c->len -= used;
+  }
+  if (c->len > CONTROL_MAX_LINE) {
+    static const char msg[] =
+      "{\"ok\":false,\"error\":\"request line too long\"}\n";
+    if (send (c->fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT)) {}
+    return false;
+  }
+  return true;
+}
+
+static void *
+control_thread (void *arg)
+{
+  struct client clients[MAX_CLIENTS];
+  struct pollfd pfd[MAX_CLIENTS + 2];
+  size_t nclients = 0, i;
+
+  for (;;) {
+    pfd[0] = (struct pollfd) { .fd = wake[0], .events = POLLIN };
+    pfd[1] = (struct pollfd) { .fd = listen_fd, .events = POLLIN };
+    for (i = 0; i < nclients; ++i)
+      pfd[i + 2] = (struct pollfd) { .fd = clients[i].fd, .events = POLLIN };
+    if (poll (pfd, nclients + 2, -1) == -1) {
+      if (errno == EINTR)
+        continue;
+      nbdkit_error ("relocate-control: poll: %m");
+      break;
+    }
+    if (pfd[0].revents)
+      break;
+    for (i = nclients; i-- > 0; ) {
+      if (pfd[i + 2].revents && !serve_client (&clients[i])) {
+        close (clients[i].fd);
+        clients[i] = clients[--nclients];
+      }
+    }
+    if (pfd[1].revents & POLLIN) {
+      int fd = accept4 (listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd >= 0 && nclients == MAX_CLIENTS) {
+        static const char msg[] = "{\"ok\":false,\"error\":\"too many clients\"}\n";
+        if (send (fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT)) {}
+        close (fd);
+      }
+      else if (fd >= 0)
+        clients[nclients++] = (struct client) { .fd = fd };
+    }
+  }
+  for (i = 0; i < nclients; ++i)
+    close (clients[i].fd);
+  return arg;
+}
+
+/* Is something already listening on path? */
+static bool
+socket_in_use (const struct sockaddr_un *addr)
+{
+  int fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  bool r;
+
+  if (fd == -1)
+    return false;
+  r = connect (fd, (const struct sockaddr *) addr, sizeof *addr) == 0;
+  close (fd);
+  return r;
+}
+
+int
+control_start (const char *path, unsigned mode)
+{
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  struct stat st;
+  mode_t old;
+  int e;
+
+  if (strlen (path) >= sizeof addr.sun_path) {
+    nbdkit_error ("relocate-control %s: path too long for a unix socket", path);
+    return -1;
+  }
+  strcpy (addr.sun_path, path);
+  if (lstat (path, &st) == 0) {
+    if (!S_ISSOCK (st.st_mode) || socket_in_use (&addr)) {
+      nbdkit_error ("relocate-control %s: exists and is %s", path,
+                    S_ISSOCK (st.st_mode) ? "in use" : "not a socket");
+      return -1;
+    }
+    unlink (path);              /* stale, from a killed nbdkit */
+  }
+  listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (listen_fd == -1) {
+    nbdkit_error ("relocate-control: socket: %m");
+    return -1;
+  }
+  old = umask (0077);
+  e = bind (listen_fd, (struct sockaddr *) &addr, sizeof addr);
+  umask (old);
+  if (e == -1 || chmod (path, mode) == -1 || listen (listen_fd, 16) == -1) {
+    nbdkit_error ("relocate-control %s: %m", path);
+    return -1;
+  }
+  socket_path = g_strdup (path);
+  if (pipe2 (wake, O_CLOEXEC) == -1) {
+    nbdkit_error ("relocate-control: pipe: %m");
+    return -1;
+  }
+  e = pthread_create (&thread, NULL, control_thread, NULL);
+  if (e) {
+    errno = e;
+    nbdkit_error ("relocate-control: pthread_create: %m");
+    return -1;
+  }
+  running = true;
+  return 0;
+}
+
+void
+control_stop (void)
+{
+  if (running) {
+    if (write (wake[1], "x", 1)) {}
+    pthread_join (thread, NULL);
+    running = false;
+  }
+  if (listen_fd >= 0) {
+    close (listen_fd);
+    unlink (socket_path);
+  }
+  listen_fd = -1;
+  g_free (socket_path);
+  socket_path = NULL;
+}

@@ -1,0 +1,115 @@
+# Helpers shared by the tests: start and stop real nbdkit servers on
+# unix sockets in a private directory, and clean up on exit.
+#
+# Every server this file starts is stopped by its own pid file; no
+# other process is touched.
+
+set -euo pipefail
+
+: "${FILTER:?FILTER must name nbdkit-relocate-filter.so}"
+: "${RELOCATECTL:?RELOCATECTL must name relocatectl}"
+: "${srcdir:=$(dirname "$0")/..}"
+PY=/usr/bin/python3             # has the nbd module (python3-libnbd)
+NBDIO="$PY $srcdir/tests/nbdio.py"
+
+tmp=$(mktemp -d /tmp/relocate-test.XXXXXX)
+servers=()
+
+cleanup ()
+{
+    local status=$?
+    for name in "${servers[@]}"; do
+        stop_server "$name" KILL || :
+    done
+    if [ "$status" -ne 0 ]; then
+        for log in "$tmp"/*.log; do
+            [ -f "$log" ] || continue
+            echo "---- $log (last 30 lines)"
+            tail -n 30 "$log"
+        done
+    fi
+    rm -rf "$tmp"
+    exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+fail () { echo "FAIL: $*" >&2; exit 1; }
+pass () { echo "ok: $*"; }
+
+# wait_for CMD...: retry a command for up to 30 seconds.
+wait_for ()
+{
+    local i
+    for i in $(seq 300); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# start_server NAME ARGS...: nbdkit on $tmp/NAME.sock, logging to
+# $tmp/NAME.log, pid in $tmp/NAME.pid.
+start_server ()
+{
+    local name=$1; shift
+    rm -f "$tmp/$name.sock" "$tmp/$name.pid"
+    nbdkit --log=stderr -U "$tmp/$name.sock" -P "$tmp/$name.pid" "$@" \
+        2>>"$tmp/$name.log" </dev/null
+    wait_for test -s "$tmp/$name.pid" ||
+        fail "nbdkit $name did not start: $(tail -n 5 "$tmp/$name.log")"
+    wait_for test -S "$tmp/$name.sock" || fail "nbdkit $name: no socket"
+    servers+=("$name")
+}
+
+# start_source NAME IMAGE [ARGS...]: serve IMAGE with nbdkit file
+# (extra filters and parameters in ARGS, e.g. --filter=delay rdelay=5ms).
+start_source ()
+{
+    local name=$1 img=$2; shift 2
+    local filters=() params=()
+    for a in "$@"; do
+        case $a in --filter=*) filters+=("$a") ;; *) params+=("$a") ;; esac
+    done
+    start_server "$name" "${filters[@]}" file "$img" "${params[@]}"
+}
+
+# start_dest NAME SOURCE LOCAL [PARAMS...]: the relocate filter in
+# front of source NAME's socket, control socket $tmp/NAME.ctl.
+start_dest ()
+{
+    local name=$1 source=$2 file=$3; shift 3
+    rm -f "$tmp/$name.ctl"
+    start_server "$name" --filter="$FILTER" nbd socket="$tmp/$source.sock" \
+        relocate-file="$file" relocate-control="$tmp/$name.ctl" "$@"
+    wait_for test -S "$tmp/$name.ctl" || fail "$name: no control socket"
+}
+
+# stop_server NAME [SIGNAL]: stop it and wait until it has exited.
+stop_server ()
+{
+    local name=$1 sig=${2:-TERM} pid i
+    [ -s "$tmp/$name.pid" ] || return 0
+    pid=$(cat "$tmp/$name.pid")
+    kill -s "$sig" "$pid" 2>/dev/null || :
+    for i in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && fail "$name (pid $pid) did not exit"
+    rm -f "$tmp/$name.pid"
+}
+
+uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
+ctl () { "$RELOCATECTL" "$1" "$tmp/$2.ctl" "${@:3}"; }
+
+# status_field NAME KEY: one field of relocatectl status --json.
+status_field ()
+{
+    "$RELOCATECTL" status --json "$tmp/$1.ctl" |
+        $PY -c 'import json,sys; v=json.load(sys.stdin)[sys.argv[1]]; print(str(v).lower() if isinstance(v,bool) else v)' "$2"
+}
+
+sha () { sha256sum "$1" | cut -d' ' -f1; }
+
+# random_image FILE SIZE_MIB
+random_image () { head -c "$(( $2 * 1024 * 1024 ))" /dev/urandom > "$1"; }
