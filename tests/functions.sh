@@ -53,8 +53,10 @@ start_server ()
 {
     local name=$1; shift
     rm -f "$tmp/$name.sock" "$tmp/$name.pid"
-    nbdkit --log=stderr -U "$tmp/$name.sock" -P "$tmp/$name.pid" "$@" \
-        2>>"$tmp/$name.log" </dev/null
+    # Foreground (-f) in a background job: a daemonized nbdkit sends
+    # its messages to /dev/null.
+    nbdkit -f --log=stderr -U "$tmp/$name.sock" -P "$tmp/$name.pid" "$@" \
+        2>>"$tmp/$name.log" </dev/null &
     wait_for test -s "$tmp/$name.pid" ||
         fail "nbdkit $name did not start: $(tail -n 5 "$tmp/$name.log")"
     wait_for test -S "$tmp/$name.sock" || fail "nbdkit $name: no socket"
@@ -113,3 +115,6 @@ sha () { sha256sum "$1" | cut -d' ' -f1; }
 
 # random_image FILE SIZE_MIB
 random_image () { head -c "$(( $2 * 1024 * 1024 ))" /dev/urandom > "$1"; }
+
+# field_at_least NAME KEY N: status field KEY is at least N (for wait_for).
+field_at_least () { [ "$(status_field "$1" "$2")" -ge "$3" ]; }

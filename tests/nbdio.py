@@ -7,6 +7,9 @@ nbdio.py writes URI ORACLE SEED N [CONNS]  N random writes (unaligned
                                            applied to the ORACLE file too
 nbdio.py pwrite URI OFFSET HEXBYTES [flush]
 nbdio.py compare URI FILE                  the export equals FILE
+nbdio.py race URI ORACLE SEED N            N rounds: read a block (its fetch
+                                           is slow) and write into it while
+                                           the fetch is in flight
 """
 
 import random
@@ -90,6 +93,40 @@ def writes(uri, oracle, seed, n, conns=2):
         sys.exit("write failed: %s" % errors[0])
 
 
+def race(uri, oracle, seed, n, bs=65536):
+    """A write to a block whose fetch is in flight must not be lost."""
+    import time
+    rng = random.Random(seed)
+    hr, hw = connect(uri), connect(uri)
+    size = hr.get_size()
+    blocks = rng.sample(range(size // bs), n)
+    errors = []
+    with open(oracle, "r+b") as f:
+        for b in blocks:
+            length = rng.choice([1, 512, 4096, bs - 3, bs])
+            off = b * bs + rng.randrange(bs - length + 1)
+            data = bytes([rng.randrange(256)]) * length
+
+            def reader():
+                try:
+                    hr.pread(bs, b * bs)
+                except Exception as e:
+                    errors.append(e)
+
+            t = threading.Thread(target=reader)
+            t.start()
+            time.sleep(rng.uniform(0.01, 0.1))   # the fetch is in flight
+            hw.pwrite(data, off)
+            t.join()
+            f.seek(off)
+            f.write(data)
+    hw.flush()
+    hr.shutdown()
+    hw.shutdown()
+    if errors:
+        sys.exit("read failed: %s" % errors[0])
+
+
 def main():
     cmd, uri = sys.argv[1], sys.argv[2]
     if cmd == "read":
@@ -99,6 +136,8 @@ def main():
     elif cmd == "writes":
         conns = int(sys.argv[6]) if len(sys.argv) > 6 else 2
         writes(uri, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), conns)
+    elif cmd == "race":
+        race(uri, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     elif cmd == "pwrite":
         h = connect(uri)
         h.pwrite(bytes.fromhex(sys.argv[4]), int(sys.argv[3]))
