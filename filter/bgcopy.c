@@ -13,6 +13,7 @@
 #include "relocate.h"
 #include "bgcopy.h"
 #include "blk.h"
+#include "upstream.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t kick = PTHREAD_COND_INITIALIZER;
@@ -20,6 +21,17 @@ static bool stopping;
 static uint64_t cursor;             /* where the next claim starts */
 static uint64_t last_hint;          /* last demand hint acted on */
 static double rate_next_free;       /* token bucket: when the link is free */
+static unsigned inflight;           /* background fetches in progress */
+static uint64_t mapped_blocks;      /* blocks before this have had block status */
+
+static bool mapper_running;
+static pthread_t mapper_thread;
+
+/* Background requests allowed while the guest is doing I/O. */
+#define QUIET_WORKERS(n) ((n) / 4 > 0 ? (n) / 4 : 1)
+
+/* Block status is asked for this much of the source at a time. */
+#define MAP_CHUNK (UINT64_C (1) << 30)
 
 static bool coordinator_running;
 static pthread_t coordinator_thread;
@@ -33,16 +45,6 @@ now (void)
 
   clock_gettime (CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void
-sleep_until (double t)
-{
-  struct timespec ts = { .tv_sec = (time_t) t,
-                         .tv_nsec = (long) ((t - (time_t) t) * 1e9) };
-
-  while (clock_nanosleep (CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-    ;
 }
 
 /* Should the workers be copying now? */
@@ -69,78 +71,157 @@ wait_kick (unsigned ms)
   pthread_cond_timedwait (&kick, &lock, &ts);
 }
 
-/* Reserve len bytes of the rate cap; returns when they may be sent. */
-static void
-rate_limit (uint64_t len)
-{
-  uint64_t rate = relocate_rate ();
-  double t;
-
-  if (rate == 0)
-    return;
-  pthread_mutex_lock (&lock);
-  t = MAX (now (), rate_next_free);
-  rate_next_free = t + (double) len / rate;
-  pthread_mutex_unlock (&lock);
-  sleep_until (t);
-}
-
 /* Claim the next run: after the guest's last demand fetch if it moved,
- * else where the copy left off.
+ * else where the copy left off.  Caller holds lock.
  */
 static bool
-claim (uint64_t max, uint64_t *first, uint64_t *n)
+claim_locked (uint64_t max, uint64_t *first, uint64_t *n)
 {
   uint64_t hint = blk_demand_hint ();
-  bool r;
 
-  pthread_mutex_lock (&lock);
   if (hint != last_hint) {
     last_hint = hint;
     cursor = hint;
   }
-  r = blk_claim_next (&cursor, max, first, n);
+  return blk_claim_next (&cursor, max, mapped_blocks, first, n);
+}
+
+/* Let the workers copy everything before offset. */
+static void
+set_mapped (uint64_t offset)
+{
+  pthread_mutex_lock (&lock);
+  mapped_blocks = offset >= blk_export_size ? blk_nblocks : offset / blk_size;
+  pthread_cond_broadcast (&kick);
   pthread_mutex_unlock (&lock);
-  return r;
+}
+
+/* The mapper asks the source for block status ahead of the copy and
+ * marks the ranges that read as zeroes present without fetching them.
+ * The workers copy only blocks already mapped, so nothing that is a
+ * hole at the source crosses the link.  A source without block status
+ * reports everything as data and is mapped at once.
+ */
+static void *
+mapper (void *arg)
+{
+  uint64_t offset = 0, end, zstart, zend;
+  struct nbdkit_extents *exts;
+  size_t i;
+  int err;
+
+  while (offset < blk_export_size) {
+    pthread_mutex_lock (&lock);
+    while (!stopping && !copying ())
+      wait_kick (1000);
+    pthread_mutex_unlock (&lock);
+    if (stopping)
+      break;
+
+    end = MIN (blk_export_size, offset + MAP_CHUNK);
+    exts = nbdkit_extents_new (offset, end);
+    if (exts == NULL || upstream_extents (end - offset, offset, exts, &err) == -1 ||
+        nbdkit_extents_count (exts) == 0) {
+      nbdkit_extents_free (exts);
+      if (upstream_connected ()) {
+        /* Connected, yet block status failed: copy this chunk as data. */
+        nbdkit_debug ("relocate: block status failed at %" PRIu64
+                      ": copying without it", offset);
+        offset = end;
+        set_mapped (offset);
+        continue;
+      }
+      pthread_mutex_lock (&lock);
+      if (!stopping)
+        wait_kick (1000);       /* the source is away: try again */
+      pthread_mutex_unlock (&lock);
+      continue;
+    }
+    for (i = 0; i < nbdkit_extents_count (exts); ++i) {
+      struct nbdkit_extent e = nbdkit_get_extent (exts, i);
+      if (!(e.type & NBDKIT_EXTENT_ZERO))
+        continue;
+      /* The whole blocks inside the zero extent. */
+      zstart = (e.offset + blk_size - 1) / blk_size;
+      zend = e.offset + e.length >= blk_export_size
+        ? blk_nblocks : (e.offset + e.length) / blk_size;
+      if (zstart < zend)
+        blk_mark_zero (zstart, zend - zstart, &err);
+    }
+    i = nbdkit_extents_count (exts) - 1;
+    offset = nbdkit_get_extent (exts, i).offset + nbdkit_get_extent (exts, i).length;
+    nbdkit_extents_free (exts);
+
+    set_mapped (offset);
+  }
+  return arg;
+}
+
+/* How long a worker must wait before it may send a request: it
+ * yields to the guest (while the guest does I/O only a quarter of the
+ * workers may have a request in flight), to the rate cap, and to a
+ * source that is away.  0 = go now; caller holds lock.
+ */
+static unsigned
+wait_ms_locked (void)
+{
+  uint64_t rate = relocate_rate ();
+  double t;
+
+  if (!copying ())
+    return 1000;
+  if (inflight >= QUIET_WORKERS (cfg.workers) && relocate_client_active ())
+    return 5;
+  if (!upstream_connected ())
+    return 500;
+  t = now ();
+  if (rate > 0 && rate_next_free > t)
+    return MAX (1, (unsigned) ((rate_next_free - t) * 1000));
+  return 0;
 }
 
 static void *
 worker (void *arg)
 {
   uint64_t max = MAX (1, cfg.request_size / blk_size);
-  uint64_t first, n;
-  void *buf = malloc (max * blk_size);
-  int err;
+  uint64_t first, n, rate;
+  void *buf = blk_alloc_buffer (max * blk_size);
+  unsigned ms;
+  bool claimed;
+  int err, r;
 
   if (buf == NULL) {
     nbdkit_error ("relocate: background copy: malloc: %m");
     return arg;
   }
-  for (;;) {
-    pthread_mutex_lock (&lock);
-    while (!stopping && !copying ())
-      wait_kick (1000);
-    if (stopping) {
-      pthread_mutex_unlock (&lock);
-      break;
-    }
-    pthread_mutex_unlock (&lock);
-
-    if (!claim (max, &first, &n)) {
-      blk_wait_change (1000);   /* the rest is busy or all present */
+  pthread_mutex_lock (&lock);
+  while (!stopping) {
+    ms = wait_ms_locked ();
+    if (ms > 0) {
+      wait_kick (ms);
       continue;
     }
-    rate_limit ((uint64_t) n * blk_size);
-    if (blk_fetch_claimed (first, n, buf, true, &err) == -1) {
-      /* The source is away; the blocks are absent again.  Wait a
-       * moment rather than spinning on the same blocks.
-       */
-      pthread_mutex_lock (&lock);
-      if (!stopping)
-        wait_kick (1000);
-      pthread_mutex_unlock (&lock);
+    /* Claim only now: a claimed block makes the guest wait for it. */
+    claimed = claim_locked (max, &first, &n);
+    if (!claimed) {
+      wait_kick (20);           /* the rest is busy, unmapped or present */
+      continue;
     }
+    rate = relocate_rate ();
+    if (rate > 0)
+      rate_next_free = MAX (now (), rate_next_free) + (double) n * blk_size / rate;
+    inflight++;
+    pthread_mutex_unlock (&lock);
+
+    r = blk_fetch_claimed (first, n, buf, true, &err);
+
+    pthread_mutex_lock (&lock);
+    inflight--;
+    pthread_cond_broadcast (&kick);
+    if (r == -1 && !stopping)
+      wait_kick (1000);         /* the source failed: not the same blocks at once */
   }
+  pthread_mutex_unlock (&lock);
   free (buf);
   return arg;
 }
@@ -181,6 +262,12 @@ bgcopy_start (void)
   if (e)
     goto err;
   coordinator_running = true;
+  if (cfg.background) {
+    e = pthread_create (&mapper_thread, NULL, mapper, NULL);
+    if (e)
+      goto err;
+    mapper_running = true;
+  }
   worker_threads = calloc (cfg.workers, sizeof *worker_threads);
   if (worker_threads == NULL) {
     e = errno;
@@ -212,6 +299,9 @@ bgcopy_stop (void)
   if (coordinator_running)
     pthread_join (coordinator_thread, NULL);
   coordinator_running = false;
+  if (mapper_running)
+    pthread_join (mapper_thread, NULL);
+  mapper_running = false;
   for (i = 0; i < nworkers; ++i)
     pthread_join (worker_threads[i], NULL);
   free (worker_threads);
@@ -222,6 +312,7 @@ void
 bgcopy_kick (void)
 {
   pthread_mutex_lock (&lock);
+  rate_next_free = 0;           /* a new rate applies from now */
   pthread_cond_broadcast (&kick);
   pthread_mutex_unlock (&lock);
 }

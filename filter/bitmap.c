@@ -188,9 +188,8 @@ bitmap_read_info (const char *path, struct bitmap_info *info)
   return 0;
 }
 
-/* fsync the directory holding path, so a rename in it is durable. */
-static int
-sync_parent_dir (const char *path)
+int
+fsync_parent_dir (const char *path)
 {
   g_autofree char *dir = g_path_get_dirname (path);
   int d = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -232,7 +231,7 @@ bitmap_create (const char *path, const struct bitmap_info *info)
     unlink (tmp);
     return -1;
   }
-  return sync_parent_dir (path);
+  return fsync_parent_dir (path);
 }
 
 int

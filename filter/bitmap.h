@@ -52,6 +52,9 @@ int bitmap_read_info (const char *path, struct bitmap_info *info);
  */
 int bitmap_create (const char *path, const struct bitmap_info *info);
 
+/* fsync the directory holding path, so a new name in it is durable. */
+int fsync_parent_dir (const char *path);
+
 /* Open the bitmap file and load its bits into memory. */
 int bitmap_load (const char *path);
 

@@ -24,6 +24,8 @@ uint64_t blk_nblocks;
 uint64_t blk_export_size;
 
 static int fd = -1;                     /* the local file */
+static int direct_fd = -1;              /* the same, O_DIRECT, or -1 */
+#define DIRECT_ALIGN 4096
 
 /* lock protects the bitmap's bits and busy; changed is broadcast
  * whenever a block leaves the busy state.
@@ -37,8 +39,25 @@ static pthread_mutex_t persist_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static uint64_t demand_hint;            /* atomic */
 
-/* Claimed runs a single request handles per pass. */
+/* After an fdatasync of the local file fails, Linux may have dropped
+ * the data and will not report it again: never write the bitmap
+ * again, and fail every flush.
+ */
+static bool sync_failed;                /* under persist_lock */
+
+/* Demand readahead, under lock: a demand fetch that starts where the
+ * previous one ended is sequential, and fetches ra_blocks more blocks
+ * than asked for; the window doubles while the guest reads on.
+ */
+static uint64_t seq_next;
+static uint64_t ra_blocks;
+#define RA_START 8                      /* blocks, on the first sequential hit */
+
+/* Claimed runs a single request handles per pass, and the longest
+ * run fetched in one go (the source is read in pieces it accepts).
+ */
 #define MAX_RUNS 16
+#define MAX_RUN_BYTES (32 * 1024 * 1024)
 
 static bool
 is_busy (uint64_t b)
@@ -69,6 +88,12 @@ blk_open (const char *file)
     nbdkit_error ("relocate-file %s: %m", file);
     return -1;
   }
+  if (fsync_parent_dir (file) == -1)   /* the file must outlive a crash */
+    return -1;
+  /* Fetched data goes straight to disk: no copy into the page cache,
+   * which stays the guest's.  Not every file system has O_DIRECT.
+   */
+  direct_fd = cfg.direct ? open (file, O_WRONLY | O_DIRECT | O_CLOEXEC) : -1;
   if (ftruncate (fd, blk_export_size) == -1) {
     nbdkit_error ("relocate-file %s: cannot size to %" PRIu64 ": %m",
                   file, blk_export_size);
@@ -91,7 +116,9 @@ blk_close (void)
 {
   if (fd >= 0)
     close (fd);
-  fd = -1;
+  if (direct_fd >= 0)
+    close (direct_fd);
+  fd = direct_fd = -1;
   free (busy);
   busy = NULL;
 }
@@ -119,6 +146,31 @@ full_pwrite (const void *buf, uint64_t count, uint64_t offset)
     offset += r;
   }
   return 0;
+}
+
+/* Write fetched data: with O_DIRECT where buffer, length and offset
+ * allow it.  The blocks are busy, so no buffered I/O of this thread or
+ * another touches the range meanwhile.
+ */
+static int
+write_fetched (const char *buf, uint64_t count, uint64_t offset)
+{
+  while (direct_fd >= 0 && count >= DIRECT_ALIGN &&
+         (uintptr_t) buf % DIRECT_ALIGN == 0 && offset % DIRECT_ALIGN == 0) {
+    ssize_t r = pwrite (direct_fd, buf, count / DIRECT_ALIGN * DIRECT_ALIGN,
+                        offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      if (errno != EINVAL)
+        return -1;
+      break;                    /* not supported here after all */
+    }
+    buf += r;
+    count -= r;
+    offset += r;
+  }
+  return full_pwrite (buf, count, offset);
 }
 
 static int
@@ -189,10 +241,54 @@ finish_run (uint64_t first, uint64_t n, bool present)
   pthread_mutex_unlock (&lock);
 }
 
+void *
+blk_alloc_buffer (uint64_t len)
+{
+  void *p;
+
+  errno = posix_memalign (&p, DIRECT_ALIGN, len ? len : 1);
+  return errno ? NULL : p;
+}
+
 void
 blk_release (uint64_t first, uint64_t n)
 {
   finish_run (first, n, false);
+}
+
+static bool
+is_zero (const char *buf, size_t len)
+{
+  static const char zero[16];
+
+  if (len <= 16)
+    return memcmp (buf, zero, len) == 0;
+  return memcmp (buf, zero, 16) == 0 && memcmp (buf, buf + 16, len - 16) == 0;
+}
+
+/* Write fetched blocks to the local file.  With relocate-zero-detect,
+ * runs of all-zero blocks are punched as holes instead, so the local
+ * file stays as sparse as the source.
+ */
+static int
+store_fetched (const char *buf, uint64_t first, uint64_t n)
+{
+  uint64_t i = 0, j, len;
+
+  if (!cfg.zero_detect)
+    return write_fetched (buf, run_bytes (first, n), first * blk_size);
+  while (i < n) {
+    bool zero = is_zero (buf + i * blk_size, run_bytes (first + i, 1));
+    for (j = i + 1; j < n &&
+           is_zero (buf + j * blk_size, run_bytes (first + j, 1)) == zero; ++j)
+      ;
+    len = run_bytes (first + i, j - i);
+    if (zero ? zero_local (len, (first + i) * blk_size, true)
+        : write_fetched (buf + i * blk_size, len, (first + i) * blk_size))
+      return -1;
+    i = j;
+  }
+  return 0;
 }
 
 int
@@ -201,9 +297,9 @@ blk_fetch_claimed (uint64_t first, uint64_t n, void *buf, bool background,
 {
   uint64_t off = first * blk_size, len = run_bytes (first, n);
 
-  if (upstream_pread (buf, len, off, err) == -1)
+  if (upstream_pread (buf, len, off, background ? 0 : cfg.timeout, err) == -1)
     goto fail;
-  if (full_pwrite (buf, len, off) == -1) {
+  if (store_fetched (buf, first, n) == -1) {
     *err = errno;
     nbdkit_error ("relocate-file: write of fetched blocks %" PRIu64
                   "-%" PRIu64 ": %m", first, first + n - 1);
@@ -238,6 +334,53 @@ blk_zero_claimed (uint64_t first, uint64_t n, int *err)
   return 0;
 }
 
+/* Extend the last claimed run for a sequential reader; caller holds
+ * lock.
+ */
+static void
+readahead_locked (uint64_t *first, uint64_t *n, size_t runs)
+{
+  uint64_t max = cfg.readahead / blk_size, b, extra = 0;
+  size_t last = runs - 1;
+
+  /* Never let the run outgrow one fetch, nor claim while the source is
+   * away: a claimed block makes writers wait.
+   */
+  max = MIN (max, MAX_RUN_BYTES / blk_size - MIN (n[last], MAX_RUN_BYTES / blk_size));
+  if (!upstream_connected ())
+    max = 0;
+  if (first[0] == seq_next && max > 0)
+    ra_blocks = MIN (ra_blocks ? ra_blocks * 2 : RA_START, max);
+  else
+    ra_blocks = 0;
+  for (b = first[last] + n[last];
+       extra < ra_blocks && b < blk_nblocks && !bitmap_get (b) && !is_busy (b);
+       ++b, ++extra)
+    set_busy (b, true);
+  n[last] += extra;
+  seq_next = first[last] + n[last];
+}
+
+int
+blk_mark_zero (uint64_t first, uint64_t n, int *err)
+{
+  uint64_t b = first, end = first + n, run;
+
+  while (b < end) {
+    pthread_mutex_lock (&lock);
+    while (b < end && (bitmap_get (b) || is_busy (b)))
+      b++;
+    for (run = 0; b + run < end && !bitmap_get (b + run) && !is_busy (b + run);
+         ++run)
+      set_busy (b + run, true);
+    pthread_mutex_unlock (&lock);
+    if (run > 0 && blk_zero_claimed (b, run, err) == -1)
+      return -1;
+    b += run;
+  }
+  return 0;
+}
+
 /* Make every block of [offset, offset+count) present, fetching the
  * absent ones (each run of them in one request) and waiting for the
  * busy ones.
@@ -263,7 +406,8 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
         waiting = true;
         continue;
       }
-      if (runs > 0 && first[runs - 1] + n[runs - 1] == b)
+      if (runs > 0 && first[runs - 1] + n[runs - 1] == b &&
+          (n[runs - 1] + 1) * blk_size <= MAX_RUN_BYTES)
         n[runs - 1]++;
       else {
         first[runs] = b;
@@ -275,6 +419,8 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
       pthread_mutex_unlock (&lock);
       return 0;                 /* all present */
     }
+    if (runs > 0)
+      readahead_locked (first, n, runs);
     if (runs == 0) {
       pthread_cond_wait (&changed, &lock);
       pthread_mutex_unlock (&lock);
@@ -285,7 +431,7 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
     /* Fetch them. */
     for (i = 0; i < runs; ++i)
       maxlen = MAX (maxlen, run_bytes (first[i], n[i]));
-    buf = malloc (maxlen);
+    buf = blk_alloc_buffer (maxlen);
     if (buf == NULL) {
       *err = errno;
       nbdkit_error ("relocate: malloc: %m");
@@ -333,7 +479,7 @@ static int
 fetch_owned_block (uint64_t b, int *err)
 {
   uint64_t len = run_bytes (b, 1);
-  void *buf = malloc (len);
+  void *buf = blk_alloc_buffer (len);
   int r = -1;
 
   if (buf == NULL) {
@@ -341,7 +487,7 @@ fetch_owned_block (uint64_t b, int *err)
     nbdkit_error ("relocate: malloc: %m");
     return -1;
   }
-  if (upstream_pread (buf, len, b * blk_size, err) == 0) {
+  if (upstream_pread (buf, len, b * blk_size, cfg.timeout, err) == 0) {
     if (full_pwrite (buf, len, b * blk_size) == 0) {
       STAT_ADD (fetched_demand, len);
       r = 0;
@@ -464,6 +610,13 @@ blk_flush (int *err)
   int r = 0;
 
   pthread_mutex_lock (&persist_lock);
+  if (sync_failed) {
+    pthread_mutex_unlock (&persist_lock);
+    nbdkit_error ("relocate-file: an earlier fdatasync failed; refusing to "
+                  "flush (restart nbdkit to recover)");
+    *err = EIO;
+    return -1;
+  }
   pthread_mutex_lock (&lock);
   snap = bitmap_take_snapshot ();
   pthread_mutex_unlock (&lock);
@@ -478,7 +631,9 @@ blk_flush (int *err)
    */
   if (fdatasync (fd) == -1) {
     *err = errno;
-    nbdkit_error ("relocate-file: fdatasync: %m");
+    nbdkit_error ("relocate-file: fdatasync: %m; the bitmap will not be "
+                  "updated again (restart nbdkit to recover)");
+    sync_failed = true;
     r = -1;
   }
   else if (bitmap_write_snapshot (snap) == -1) {
@@ -594,18 +749,19 @@ blk_extents (uint32_t count, uint64_t offset,
 }
 
 bool
-blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t *first, uint64_t *n)
+blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t limit,
+                uint64_t *first, uint64_t *n)
 {
-  uint64_t b, start = *cursor < blk_nblocks ? *cursor : 0;
+  uint64_t b, start = *cursor < limit ? *cursor : 0;
   bool wrapped = false;
 
   pthread_mutex_lock (&lock);
   b = start;
   for (;;) {
     b = bitmap_next_absent (b);
-    while (b < blk_nblocks && is_busy (b))
+    while (b < limit && is_busy (b))
       b = bitmap_next_absent (b + 1);
-    if (b < blk_nblocks)
+    if (b < limit)
       break;
     if (wrapped || start == 0) {
       pthread_mutex_unlock (&lock);
@@ -616,7 +772,7 @@ blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t *first, uint64_t *n)
   }
   *first = b;
   *n = 0;
-  while (b < blk_nblocks && *n < max && !bitmap_get (b) && !is_busy (b)) {
+  while (b < limit && *n < max && !bitmap_get (b) && !is_busy (b)) {
     set_busy (b, true);
     ++*n;
     ++b;

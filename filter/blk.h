@@ -44,11 +44,11 @@ int blk_flush (int *err);
 int blk_persist_flag (uint32_t flag);
 
 /* For the background copy: claim the next run of at most max blocks
- * that are absent and not busy, starting the search at *cursor and
- * wrapping once.  Returns false if there is none right now.
+ * below limit that are absent and not busy, starting the search at
+ * *cursor and wrapping once.  Returns false if there is none now.
  */
-bool blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t *first,
-                     uint64_t *n);
+bool blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t limit,
+                     uint64_t *first, uint64_t *n);
 
 /* Fetch a claimed run from the source into buf (n * blk_size bytes),
  * store it and mark it present; on failure the run is released.
@@ -58,6 +58,14 @@ int blk_fetch_claimed (uint64_t first, uint64_t n, void *buf,
 
 /* Mark a claimed run present as zeroes (punching a hole). */
 int blk_zero_claimed (uint64_t first, uint64_t n, int *err);
+
+/* Mark the absent, unowned blocks of [first, first+n) present as
+ * zeroes (the source said they read as zero).
+ */
+int blk_mark_zero (uint64_t first, uint64_t n, int *err);
+
+/* A buffer for fetched data, aligned for O_DIRECT; free with free. */
+void *blk_alloc_buffer (uint64_t len);
 
 /* Release a claimed run unchanged. */
 void blk_release (uint64_t first, uint64_t n);

@@ -282,6 +282,8 @@ control_thread (void *arg)
       }
       else if (fd >= 0)
         clients[nclients++] = (struct client) { .fd = fd };
+      else if (errno != EAGAIN && errno != EINTR)
+        usleep (100 * 1000);    /* EMFILE and the like: do not spin */
     }
   }
   for (i = 0; i < nclients; ++i)

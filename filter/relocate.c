@@ -39,6 +39,9 @@ struct config cfg = {
   .request_size = 2 * 1024 * 1024,
   .timeout = 60,
   .sync_interval = 2,
+  .readahead = 4 * 1024 * 1024,
+  .zero_detect = true,
+  .direct = true,
 };
 struct stats stats;
 
@@ -48,6 +51,8 @@ static bool paused;
 static uint64_t rate;
 static double started_at, completed_at;   /* monotonic seconds */
 static bool bitmap_is_new;                /* no bitmap file before us */
+static unsigned client_inflight;          /* client requests in progress */
+static double client_last;                /* when the last one ended */
 
 static double
 monotonic (void)
@@ -189,6 +194,31 @@ relocate_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     cfg.rate = sz;
     return 0;
   }
+  if (strcmp (key, "relocate-readahead") == 0) {
+    sz = nbdkit_parse_size (value);
+    if (sz == -1)
+      return -1;
+    if (sz > 32 * 1024 * 1024) {
+      nbdkit_error ("relocate-readahead=%s: must be at most 32M", value);
+      return -1;
+    }
+    cfg.readahead = sz;
+    return 0;
+  }
+  if (strcmp (key, "relocate-zero-detect") == 0) {
+    r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    cfg.zero_detect = r;
+    return 0;
+  }
+  if (strcmp (key, "relocate-direct") == 0) {
+    r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    cfg.direct = r;
+    return 0;
+  }
   if (strcmp (key, "relocate-timeout") == 0)
     return parse_unsigned (key, value, 1, 86400, &cfg.timeout);
   if (strcmp (key, "relocate-sync-interval") == 0)
@@ -304,6 +334,9 @@ relocate_config_complete (nbdkit_next_config_complete *next,
   "relocate-workers=N         Background requests in flight (default 4).\n" \
   "relocate-request-size=SIZE Background request size (default 2M).\n" \
   "relocate-rate=SIZE         Background bytes per second (0 = unlimited).\n" \
+  "relocate-readahead=SIZE    Max readahead for sequential reads (default 4M).\n" \
+  "relocate-zero-detect=BOOL  Store fetched zero blocks as holes (default true).\n" \
+  "relocate-direct=BOOL       Write fetched data with O_DIRECT (default true).\n" \
   "relocate-timeout=SECS      Wait for the source this long (default 60).\n" \
   "relocate-sync-interval=SECS Persist progress this often (default 2).\n" \
   "relocate-control=SOCKET    Unix socket for relocatectl.\n" \
@@ -492,6 +525,34 @@ relocate_elapsed (void)
   return r;
 }
 
+/* Client requests mark themselves, so the background copy can yield. */
+static void
+client_begin (void)
+{
+  __atomic_add_fetch (&client_inflight, 1, __ATOMIC_RELAXED);
+}
+
+static int
+client_end (int r)
+{
+  double t = monotonic ();
+
+  __atomic_store (&client_last, &t, __ATOMIC_RELAXED);
+  __atomic_sub_fetch (&client_inflight, 1, __ATOMIC_RELAXED);
+  return r;
+}
+
+bool
+relocate_client_active (void)
+{
+  double last;
+
+  if (__atomic_load_n (&client_inflight, __ATOMIC_RELAXED) > 0)
+    return true;
+  __atomic_load (&client_last, &last, __ATOMIC_RELAXED);
+  return monotonic () - last < CLIENT_QUIET_SECONDS;
+}
+
 /* ---- Per-connection callbacks ---- */
 
 /* A handle is needed, but clients share everything. */
@@ -573,9 +634,10 @@ static int
 relocate_pread (nbdkit_next *next, void *h, void *buf, uint32_t count,
                 uint64_t offset, uint32_t flags, int *err)
 {
+  client_begin ();
   if (relocate_state () == STATE_STANDBY)
-    return upstream_pread (buf, count, offset, err);
-  return blk_read (buf, count, offset, err);
+    return client_end (upstream_pread (buf, count, offset, cfg.timeout, err));
+  return client_end (blk_read (buf, count, offset, err));
 }
 
 static int
@@ -584,7 +646,9 @@ relocate_pwrite (nbdkit_next *next, void *h, const void *buf, uint32_t count,
 {
   if (start_for_write (err) == -1)
     return -1;
-  return blk_write (buf, count, offset, flags & NBDKIT_FLAG_FUA, err);
+  client_begin ();
+  return client_end (blk_write (buf, count, offset, flags & NBDKIT_FLAG_FUA,
+                                err));
 }
 
 static int
@@ -593,8 +657,9 @@ relocate_zero (nbdkit_next *next, void *h, uint32_t count, uint64_t offset,
 {
   if (start_for_write (err) == -1)
     return -1;
-  return blk_zero (count, offset, flags & NBDKIT_FLAG_MAY_TRIM,
-                   flags & NBDKIT_FLAG_FUA, err);
+  client_begin ();
+  return client_end (blk_zero (count, offset, flags & NBDKIT_FLAG_MAY_TRIM,
+                               flags & NBDKIT_FLAG_FUA, err));
 }
 
 static int
@@ -632,7 +697,8 @@ relocate_cache (nbdkit_next *next, void *h, uint32_t count, uint64_t offset,
 {
   if (relocate_state () == STATE_STANDBY)
     return 0;                   /* caching now could store stale data */
-  return blk_cache (count, offset, err);
+  client_begin ();
+  return client_end (blk_cache (count, offset, err));
 }
 
 static struct nbdkit_filter filter = {

@@ -31,6 +31,9 @@ struct config {
   unsigned workers;            /* relocate-workers */
   uint32_t request_size;       /* relocate-request-size */
   uint64_t rate;               /* relocate-rate, initial, 0 = unlimited */
+  uint32_t readahead;          /* relocate-readahead, max demand window */
+  bool zero_detect;            /* relocate-zero-detect */
+  bool direct;                 /* relocate-direct */
   unsigned timeout;            /* relocate-timeout, seconds */
   unsigned sync_interval;      /* relocate-sync-interval, seconds */
   char source_id[256];         /* the nbd plugin's source parameters */
@@ -58,5 +61,9 @@ bool relocate_paused (void);
 void relocate_set_rate (uint64_t bytes_per_second);
 uint64_t relocate_rate (void);
 double relocate_elapsed (void);         /* seconds since relocating */
+
+/* Is a client request in flight, or did one end very recently? */
+#define CLIENT_QUIET_SECONDS 0.05
+bool relocate_client_active (void);
 
 #endif /* RELOCATE_H */

@@ -32,6 +32,7 @@ static uint32_t max_request = MAX_REQUEST;
 static bool can_extents;
 static char last_error[256];
 static struct timespec retry_at; /* next connection attempt */
+static bool reconnect_now;       /* relocatectl reconnect: skip back-off */
 
 static pthread_once_t cond_once = PTHREAD_ONCE_INIT;
 
@@ -153,7 +154,8 @@ supervisor (void *arg)
       pthread_cond_broadcast (&cond);
       continue;
     }
-    if (next == NULL && !detached && past (&retry_at)) {
+    if (next == NULL && !detached && (reconnect_now || past (&retry_at))) {
+      reconnect_now = false;
       pthread_mutex_unlock (&lock);
       n = open_context (&size);
       if (n && (uint64_t) size != expected_size) {
@@ -287,21 +289,23 @@ pause_before_retry (const struct timespec *deadline)
 }
 
 int
-upstream_pread (void *buf, uint32_t count, uint64_t offset, int *err)
+upstream_pread (void *buf, uint32_t count, uint64_t offset, unsigned timeout,
+                int *err)
 {
   struct timespec deadline;
   nbdkit_next *n;
   uint32_t done = 0, len;
   int r;
 
-  deadline_in (&deadline, cfg.timeout);
+  deadline_in (&deadline, timeout);
   while (done < count) {
     n = get (&deadline);
     if (n == NULL) {
-      nbdkit_error ("relocate: cannot read %" PRIu32 " bytes at offset %"
-                    PRIu64 " from the source: not connected (%s)",
-                    count - done, offset + done,
-                    detached ? "relocation complete" : "timed out");
+      if (timeout > 0)
+        nbdkit_error ("relocate: cannot read %" PRIu32 " bytes at offset %"
+                      PRIu64 " from the source: not connected (%s)",
+                      count - done, offset + done,
+                      detached ? "relocation complete" : "timed out");
       *err = EIO;
       return -1;
     }
@@ -311,9 +315,10 @@ upstream_pread (void *buf, uint32_t count, uint64_t offset, int *err)
     if (r == 0)
       done += len;
     else if (past (&deadline)) {
-      nbdkit_error ("relocate: read of %" PRIu32 " bytes at offset %" PRIu64
-                    " from the source failed: %s", len, offset + done,
-                    g_strerror (*err));
+      if (timeout > 0)
+        nbdkit_error ("relocate: read of %" PRIu32 " bytes at offset %" PRIu64
+                      " from the source failed: %s", len, offset + done,
+                      g_strerror (*err));
       *err = EIO;
       return -1;
     }
@@ -362,7 +367,7 @@ upstream_reconnect (void)
   pthread_mutex_lock (&lock);
   if (next)
     broken = true;
-  retry_at.tv_sec = retry_at.tv_nsec = 0;
+  reconnect_now = true;
   set_error ("reconnect requested");
   pthread_cond_broadcast (&cond);
   pthread_mutex_unlock (&lock);

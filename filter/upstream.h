@@ -30,9 +30,11 @@ int upstream_start (nbdkit_backend *backend, uint64_t expected_size);
 void upstream_stop (void);
 
 /* Read from the source, in pieces the source accepts, waiting for a
- * connection and retrying for up to relocate-timeout seconds.
+ * connection and retrying for up to timeout seconds (0: fail at once,
+ * quietly, if not connected).
  */
-int upstream_pread (void *buf, uint32_t count, uint64_t offset, int *err);
+int upstream_pread (void *buf, uint32_t count, uint64_t offset,
+                    unsigned timeout, int *err);
 
 /* Block status of the source.  Fills extents (created by the caller
  * for [offset, offset+count)) from base:allocation; a source without

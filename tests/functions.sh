@@ -18,8 +18,10 @@ servers=()
 cleanup ()
 {
     local status=$?
-    for name in "${servers[@]}"; do
-        stop_server "$name" KILL || :
+    local i
+    # Newest first: a relocation holds a connection to its source.
+    for (( i=${#servers[@]}-1; i>=0; i-- )); do
+        stop_server "${servers[i]}" || :
     done
     if [ "$status" -ne 0 ]; then
         for log in "$tmp"/*.log; do
@@ -57,6 +59,7 @@ start_server ()
     # its messages to /dev/null.
     nbdkit -f --log=stderr -U "$tmp/$name.sock" -P "$tmp/$name.pid" "$@" \
         2>>"$tmp/$name.log" </dev/null &
+    disown    # stopped by pid file below; no job-control noise
     wait_for test -s "$tmp/$name.pid" ||
         fail "nbdkit $name did not start: $(tail -n 5 "$tmp/$name.log")"
     wait_for test -S "$tmp/$name.sock" || fail "nbdkit $name: no socket"
@@ -86,18 +89,23 @@ start_dest ()
     wait_for test -S "$tmp/$name.ctl" || fail "$name: no control socket"
 }
 
-# stop_server NAME [SIGNAL]: stop it and wait until it has exited.
+# stop_server NAME [SIGNAL]: stop it and wait until it has exited
+# (escalating to SIGKILL after 10 seconds).
 stop_server ()
 {
     local name=$1 sig=${2:-TERM} pid i
     [ -s "$tmp/$name.pid" ] || return 0
     pid=$(cat "$tmp/$name.pid")
     kill -s "$sig" "$pid" 2>/dev/null || :
-    for i in $(seq 300); do
+    for i in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -0 "$pid" 2>/dev/null && fail "$name (pid $pid) did not exit"
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "warning: $name (pid $pid) ignored SIG$sig; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || :
+        sleep 0.5
+    fi
     rm -f "$tmp/$name.pid"
 }
 
