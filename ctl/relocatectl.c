@@ -5,7 +5,7 @@
  * It sends one request line to the filter's control socket and reads
  * one line of JSON back (see nbdkit-relocate-filter(1), CONTROL
  * PROTOCOL).  Exit status: 0 success, 1 failure, 2 usage error,
- * 3 wait timed out.
+ * 3 wait timed out, 4 the relocation has failed.
  */
 
 #include <config.h>
@@ -23,6 +23,7 @@
 
 #define EXIT_USAGE 2
 #define EXIT_TIMEOUT 3
+#define EXIT_FAILED 4
 
 static gboolean opt_json, opt_progress;
 static gint opt_timeout = -1;
@@ -201,6 +202,18 @@ human (double bytes)
     : g_strdup_printf ("%.1f %s", bytes, units[i]);
 }
 
+/* "m:ss" from the JSON eta_seconds, or "unknown" for null. */
+static char *
+format_eta (const char *v)
+{
+  long sec;
+
+  if (*v == '\0' || strcmp (v, "null") == 0)
+    return g_strdup ("unknown");
+  sec = (long) g_ascii_strtod (v, NULL);
+  return g_strdup_printf ("%ld:%02ld", sec / 60, sec % 60);
+}
+
 static int
 do_status (const char *path)
 {
@@ -227,17 +240,25 @@ do_status (const char *path)
       *b = human (num (h, "fetched_background_bytes")),
       *z = human (num (h, "skipped_zero_bytes")),
       *w = human (num (h, "written_bytes")),
-      *r = human (num (h, "rate"));
+      *r = human (num (h, "rate")),
+      *cur = human (num (h, "current_bytes_per_second")),
+      *avg = human (num (h, "average_bytes_per_second")),
+      *eta = format_eta (get (h, "eta_seconds"));
     printf ("state:      %s%s\n", get (h, "state"),
             strcmp (get (h, "paused"), "true") == 0 ? " (paused)" : "");
+    if (strcmp (get (h, "failed"), "true") == 0)
+      printf ("FAILED:     %s\n", get (h, "failure"));
     printf ("file:       %s\n", get (h, "file"));
     printf ("present:    %s of %s (%.1f%%)\n", p, s, pct);
     printf ("fetched:    %s on demand, %s in background, %s skipped as zero\n",
             d, b, z);
     printf ("written:    %s by clients\n", w);
+    printf ("throughput: %s/s now, %s/s average; ETA %s\n", cur, avg, eta);
     printf ("elapsed:    %.1f s\n", num (h, "elapsed_seconds"));
-    printf ("rate cap:   %s\n", num (h, "rate") > 0 ? g_strconcat (r, "/s", NULL)
-            : "unlimited");
+    if (num (h, "rate") > 0)
+      printf ("rate cap:   %s/s\n", r);
+    else
+      printf ("rate cap:   unlimited\n");
     printf ("upstream:   %s%s%s\n",
             strcmp (get (h, "upstream_connected"), "true") == 0
             ? "connected" : "not connected",
@@ -285,6 +306,14 @@ do_wait (const char *path)
     if (h == NULL)
       return EXIT_FAILURE;
     done = strcmp (get (h, "state"), "complete") == 0;
+    if (strcmp (get (h, "failed"), "true") == 0) {
+      if (opt_progress && tty)
+        putchar ('\n');
+      fprintf (stderr, "relocatectl: %s: the relocation has failed: %s\n",
+               path, get (h, "failure"));
+      g_hash_table_destroy (h);
+      return EXIT_FAILED;
+    }
     if (last_present >= 0 && t > last_t) {
       double inst = (num (h, "present_bytes") - last_present) * 1e6 / (t - last_t);
       rate = rate > 0 ? 0.7 * rate + 0.3 * inst : inst;
@@ -329,7 +358,8 @@ main (int argc, char *argv[])
     "  resume SOCKET              resume the background copy\n"
     "  rate SOCKET SIZE           cap the background copy (bytes/s, 0 = none)\n"
     "  reconnect SOCKET           reopen the connection to the source\n"
-    "\nExit status: 0 success, 1 failure, 2 usage error, 3 timeout.\n");
+    "\nExit status: 0 success, 1 failure, 2 usage error, 3 timeout,\n"
+    "4 the relocation has failed (wait).\n");
   g_option_context_add_main_entries (ctx, options, NULL);
   if (!g_option_context_parse (ctx, &argc, &argv, &error)) {
     fprintf (stderr, "relocatectl: %s\n", error->message);

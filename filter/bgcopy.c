@@ -24,6 +24,13 @@ static double rate_next_free;       /* token bucket: when the link is free */
 static unsigned inflight;           /* background fetches in progress */
 static uint64_t mapped_blocks;      /* blocks before this have had block status */
 
+/* Progress samples for the current throughput: one per coordinator
+ * pass (about 200 ms), the last SAMPLES of them.
+ */
+#define SAMPLES 10
+static struct { double t; uint64_t present; } samples[SAMPLES];
+static unsigned nsamples, next_sample;
+
 static bool mapper_running;
 static pthread_t mapper_thread;
 
@@ -235,6 +242,10 @@ coordinator (void *arg)
 
   pthread_mutex_lock (&lock);
   while (!stopping) {
+    samples[next_sample].t = now ();
+    samples[next_sample].present = blk_present_bytes ();
+    next_sample = (next_sample + 1) % SAMPLES;
+    nsamples = MIN (nsamples + 1, SAMPLES);
     if (relocate_state () == STATE_RELOCATING) {
       pthread_mutex_unlock (&lock);
       if (blk_present_blocks () == blk_nblocks)
@@ -250,6 +261,24 @@ coordinator (void *arg)
   }
   pthread_mutex_unlock (&lock);
   return arg;
+}
+
+double
+bgcopy_current_rate (void)
+{
+  double r = 0;
+  unsigned oldest, newest;
+
+  pthread_mutex_lock (&lock);
+  if (nsamples >= 2) {
+    newest = (next_sample + SAMPLES - 1) % SAMPLES;
+    oldest = (next_sample + SAMPLES - nsamples) % SAMPLES;
+    if (samples[newest].t > samples[oldest].t)
+      r = (samples[newest].present - samples[oldest].present) /
+        (samples[newest].t - samples[oldest].t);
+  }
+  pthread_mutex_unlock (&lock);
+  return r;
 }
 
 int

@@ -14,6 +14,9 @@ int bgcopy_start (void);
 /* Stop every thread (in .cleanup). */
 void bgcopy_stop (void);
 
+/* Bytes per second becoming present over the last two seconds. */
+double bgcopy_current_rate (void);
+
 /* Wake the threads: the state, pause or rate changed. */
 void bgcopy_kick (void);
 

@@ -218,7 +218,8 @@ bitmap_create (const char *path, const struct bitmap_info *info)
     return -1;
   }
   if (pwrite (f, buf, sizeof buf, 0) != sizeof buf ||
-      ftruncate (f, BITMAP_HEADER_SIZE + bitmap_bits_size (info->nblocks)) == -1 ||
+      (errno = posix_fallocate (f, 0, BITMAP_HEADER_SIZE +
+                                bitmap_bits_size (info->nblocks))) != 0 ||
       fsync (f) == -1) {
     nbdkit_error ("relocate-bitmap %s: write: %m", tmp);
     close (f);

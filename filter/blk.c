@@ -633,6 +633,7 @@ blk_flush (int *err)
     *err = errno;
     nbdkit_error ("relocate-file: fdatasync: %m; the bitmap will not be "
                   "updated again (restart nbdkit to recover)");
+    relocate_set_failure ("fdatasync of the local file failed: restart nbdkit");
     sync_failed = true;
     r = -1;
   }

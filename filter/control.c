@@ -153,11 +153,17 @@ reply_status (GString *out)
 {
   char err[256];
   enum reloc_state state = relocate_state ();
+  g_autofree char *failure = relocate_failure ();
+  uint64_t present = blk_present_bytes ();
+  double elapsed = relocate_elapsed (), current = bgcopy_current_rate ();
+  /* What this run made present: fetched, skipped as zero or written. */
+  double gained = STAT_GET (fetched_demand) + STAT_GET (fetched_background) +
+    STAT_GET (skipped_zero);
 
   upstream_last_error (err, sizeof err);
   g_string_append_printf (out, "{\"ok\":true,\"state\":\"%s\"", state_name (state));
   g_string_append_printf (out, ",\"size\":%" PRIu64, blk_export_size);
-  g_string_append_printf (out, ",\"present_bytes\":%" PRIu64, blk_present_bytes ());
+  g_string_append_printf (out, ",\"present_bytes\":%" PRIu64, present);
   g_string_append_printf (out, ",\"block_size\":%" PRIu32, blk_size);
   g_string_append_printf (out, ",\"fetched_demand_bytes\":%" PRIu64,
                           STAT_GET (fetched_demand));
@@ -166,7 +172,18 @@ reply_status (GString *out)
   g_string_append_printf (out, ",\"skipped_zero_bytes\":%" PRIu64,
                           STAT_GET (skipped_zero));
   g_string_append_printf (out, ",\"written_bytes\":%" PRIu64, STAT_GET (written));
-  g_string_append_printf (out, ",\"elapsed_seconds\":%.3f", relocate_elapsed ());
+  g_string_append_printf (out, ",\"elapsed_seconds\":%.3f", elapsed);
+  g_string_append_printf (out, ",\"current_bytes_per_second\":%.0f", current);
+  g_string_append_printf (out, ",\"average_bytes_per_second\":%.0f",
+                          elapsed > 0 ? gained / elapsed : 0);
+  if (state == STATE_RELOCATING && current > 0)
+    g_string_append_printf (out, ",\"eta_seconds\":%.1f",
+                            (blk_export_size - present) / current);
+  else
+    g_string_append (out, ",\"eta_seconds\":null");
+  g_string_append_printf (out, ",\"failed\":%s", failure ? "true" : "false");
+  g_string_append (out, ",\"failure\":");
+  control_json_string (out, failure ? failure : "");
   g_string_append_printf (out, ",\"paused\":%s",
                           relocate_paused () ? "true" : "false");
   g_string_append_printf (out, ",\"background\":%s",
@@ -241,7 +258,13 @@ serve_client (struct client *c)
   if (c->len > CONTROL_MAX_LINE) {
     static const char msg[] =
       "{\"ok\":false,\"error\":\"request line too long\"}\n";
+    char junk[4096];
     if (send (c->fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT)) {}
+    /* Discard what is queued, else closing resets the connection
+     * before the client reads the reply.
+     */
+    while (read (c->fd, junk, sizeof junk) > 0)
+      ;
     return false;
   }
   return true;

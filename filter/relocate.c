@@ -51,6 +51,7 @@ static bool paused;
 static uint64_t rate;
 static double started_at, completed_at;   /* monotonic seconds */
 static bool bitmap_is_new;                /* no bitmap file before us */
+static char *failure;                     /* why it cannot complete */
 static unsigned client_inflight;          /* client requests in progress */
 static double client_last;                /* when the last one ended */
 
@@ -474,6 +475,26 @@ relocate_complete (void)
                 cfg.file, blk_export_size, completed_at - started_at,
                 STAT_GET (fetched_demand), STAT_GET (fetched_background),
                 STAT_GET (skipped_zero), STAT_GET (written));
+}
+
+void
+relocate_set_failure (const char *why)
+{
+  pthread_mutex_lock (&state_lock);
+  g_free (failure);
+  failure = why ? g_strdup (why) : NULL;
+  pthread_mutex_unlock (&state_lock);
+}
+
+char *
+relocate_failure (void)
+{
+  char *r;
+
+  pthread_mutex_lock (&state_lock);
+  r = g_strdup (failure);
+  pthread_mutex_unlock (&state_lock);
+  return r;
 }
 
 void

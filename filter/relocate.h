@@ -62,6 +62,12 @@ void relocate_set_rate (uint64_t bytes_per_second);
 uint64_t relocate_rate (void);
 double relocate_elapsed (void);         /* seconds since relocating */
 
+/* Record that the relocation cannot complete (shown by status, and
+ * relocatectl wait exits 4); NULL if it has not failed.
+ */
+void relocate_set_failure (const char *why);
+char *relocate_failure (void);          /* a copy: g_free it */
+
 /* Is a client request in flight, or did one end very recently? */
 #define CLIENT_QUIET_SECONDS 0.05
 bool relocate_client_active (void);

@@ -166,6 +166,7 @@ supervisor (void *arg)
                       "present blocks", size, expected_size);
         set_error ("source size changed to %" PRIi64 " (expected %" PRIu64 ")",
                    size, expected_size);
+        relocate_set_failure (last_error);
         n = NULL;
       }
       else
@@ -174,6 +175,7 @@ supervisor (void *arg)
         next = n;
         backoff = 1;
         last_error[0] = '\0';
+        relocate_set_failure (NULL);
         nbdkit_debug ("relocate: upstream connected");
         pthread_cond_broadcast (&cond);
       }

@@ -126,3 +126,6 @@ random_image () { head -c "$(( $2 * 1024 * 1024 ))" /dev/urandom > "$1"; }
 
 # field_at_least NAME KEY N: status field KEY is at least N (for wait_for).
 field_at_least () { [ "$(status_field "$1" "$2")" -ge "$3" ]; }
+
+# field_is NAME KEY VALUE: status field KEY equals VALUE (for wait_for).
+field_is () { [ "$(status_field "$1" "$2")" = "$3" ]; }

@@ -6,7 +6,8 @@ nbdio.py writes URI ORACLE SEED N [CONNS]  N random writes (unaligned
                                            included) from CONNS connections,
                                            applied to the ORACLE file too
 nbdio.py pwrite URI OFFSET HEXBYTES [flush]
-nbdio.py compare URI FILE                  the export equals FILE
+nbdio.py compare URI FILE [LENGTH]         the export (its first LENGTH
+                                           bytes) equals FILE
 nbdio.py race URI ORACLE SEED N            N rounds: read a block (its fetch
                                            is slow) and write into it while
                                            the fetch is in flight
@@ -35,9 +36,9 @@ def read_all(uri, out):
     h.shutdown()
 
 
-def compare(uri, path):
+def compare(uri, path, length=None):
     h = connect(uri)
-    size = h.get_size()
+    size = h.get_size() if length is None else length
     step = 4 * 1024 * 1024
     with open(path, "rb") as f:
         for off in range(0, size, step):
@@ -132,7 +133,7 @@ def main():
     if cmd == "read":
         read_all(uri, sys.argv[3])
     elif cmd == "compare":
-        compare(uri, sys.argv[3])
+        compare(uri, sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else None)
     elif cmd == "writes":
         conns = int(sys.argv[6]) if len(sys.argv) > 6 else 2
         writes(uri, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), conns)
