@@ -30,7 +30,7 @@ cleanup ()
             tail -n 30 "$log"
         done
     fi
-    rm -rf "$tmp"
+    [ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"
     exit "$status"
 }
 trap cleanup EXIT INT TERM

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The libvirt hook, called exactly as libvirt calls it (domain XML on
+# stdin): NBD disks are rewritten to a local relocation server that
+# serves the source's data, other disks are left alone, hostile names
+# do not break it, and release stops the servers.
+source "$(dirname "$0")/functions.sh"
+HOOK=$srcdir/scripts/nbdkit-relocate-hook
+SAMPLES=$srcdir/tests/hook
+
+free_port () { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+tcp_source ()   # NAME IMAGE PORT: nbdkit file on 127.0.0.1:PORT
+{
+    rm -f "$tmp/$1.pid"
+    nbdkit -f -i 127.0.0.1 -p "$3" -P "$tmp/$1.pid" file "$2" 2>>"$tmp/$1.log" </dev/null &
+    disown
+    wait_for test -s "$tmp/$1.pid" || fail "source $1 did not start"
+    servers+=("$1")
+}
+
+random_image "$tmp/d1.img" 16
+random_image "$tmp/d2.img" 8
+p1=$(free_port); tcp_source s1 "$tmp/d1.img" "$p1"
+p2=$(free_port); tcp_source s2 "$tmp/d2.img" "$p2"
+
+mkdir -p "$tmp/root" "$tmp/bin"
+cat > "$tmp/hook.conf" <<CONF
+[hook]
+state_root = $tmp/root
+local_hosts = none
+filter = $FILTER
+relocatectl = $RELOCATECTL
+CONF
+export NBDKIT_RELOCATE_HOOK_CONF=$tmp/hook.conf
+
+# check_rewritten OUT.xml DEV SOURCE_IMAGE: DEV now points at a unix
+# socket under the state root, and that socket serves the source.
+check_rewritten ()
+{
+    local sock
+    sock=$($PY - "$1" "$2" <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+for d in root.iter("disk"):
+    if d.find("target").get("dev") == sys.argv[2]:
+        hosts = d.find("source").findall("host")
+        assert len(hosts) == 1 and hosts[0].get("transport") == "unix", ET.tostring(d)
+        print(hosts[0].get("socket"))
+PYEOF
+)
+    [[ "$sock" == "$tmp/root/"* ]] || fail "$2 not rewritten under the state root: '$sock'"
+    $NBDIO compare "nbd+unix:///?socket=$sock" "$3" || fail "$2 does not serve its source"
+}
+
+# One disk, a plain name.
+sed "s/@NAME@/db-01/; s/@PORT1@/$p1/" "$SAMPLES/one-disk.xml" > "$tmp/one.xml"
+"$HOOK" db-01 migrate begin - < "$tmp/one.xml" > "$tmp/one.out" || fail "hook failed"
+check_rewritten "$tmp/one.out" vda "$tmp/d1.img"
+pass "one NBD disk rewritten and served"
+
+# Two NBD disks, a file disk and an HTTP cdrom.
+sed "s/@PORT1@/$p1/; s/@PORT2@/$p2/" "$SAMPLES/two-disks.xml" > "$tmp/two.xml"
+"$HOOK" web-01 migrate begin - < "$tmp/two.xml" > "$tmp/two.out" || fail "hook failed"
+check_rewritten "$tmp/two.out" vda "$tmp/d1.img"
+check_rewritten "$tmp/two.out" vdb "$tmp/d2.img"
+$PY - "$tmp/two.xml" "$tmp/two.out" <<'PYEOF' || fail "other disks were changed"
+import sys, xml.etree.ElementTree as ET
+a, b = (ET.parse(p).getroot() for p in sys.argv[1:3])
+da = {d.find("target").get("dev"): ET.tostring(d) for d in a.iter("disk")}
+db = {d.find("target").get("dev"): ET.tostring(d) for d in b.iter("disk")}
+assert da["vdc"] == db["vdc"] and da["sda"] == db["sda"]
+PYEOF
+grep -q "disk vdc: left alone (not a network disk)" "$tmp/root/hook.log" || fail "file disk not logged"
+grep -q "disk sda: left alone (not NBD)" "$tmp/root/hook.log" || fail "http disk not logged"
+pass "two NBD disks rewritten; file and HTTP disks untouched and logged"
+
+# A hostile domain name, and a hostile target dev.
+evil='evil $(touch '"$tmp"'/pwned) `id` "q'"'"'uote & <x>'
+$PY - "$SAMPLES/one-disk.xml" "$evil" "$p1" > "$tmp/evil.xml" <<'PYEOF'
+import sys
+from xml.sax.saxutils import escape
+t = open(sys.argv[1]).read().replace("@NAME@", escape(sys.argv[2]))
+t = t.replace("@PORT1@", sys.argv[3]).replace("6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0001", "6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0003")
+print(t.replace("<target dev='vda'", "<target dev='vda'") + "")
+PYEOF
+"$HOOK" "$evil" migrate begin - < "$tmp/evil.xml" > "$tmp/evil.out" || fail "hook failed on a hostile name"
+check_rewritten "$tmp/evil.out" vda "$tmp/d1.img"
+[ ! -e "$tmp/pwned" ] || fail "the domain name was evaluated by a shell"
+sed "s/dev='vda'/dev='vd\$(touch $(echo "$tmp" | sed 's/\//\\\//g')\/pwned2)'/" "$tmp/evil.xml" > "$tmp/evil2.xml"
+"$HOOK" "$evil" migrate begin - < "$tmp/evil2.xml" > "$tmp/evil2.out" || fail "hook failed on a hostile dev"
+cmp -s <($PY -c 'import sys,xml.etree.ElementTree as E; print(E.tostring(E.parse(sys.argv[1]).getroot()))' "$tmp/evil2.xml") \
+       <($PY -c 'import sys,xml.etree.ElementTree as E; print(E.tostring(E.parse(sys.argv[1]).getroot()))' "$tmp/evil2.out") ||
+    fail "a disk with a hostile target dev was changed"
+[ ! -e "$tmp/pwned" ] && [ ! -e "$tmp/pwned2" ] || fail "a value was evaluated by a shell"
+pass "hostile domain name and target dev: no shell evaluation"
+
+# Operations the hook does not handle print nothing and succeed.
+out=$("$HOOK" db-01 prepare begin - < "$tmp/one.xml") || fail "prepare failed"
+[ -z "$out" ] || fail "prepare printed XML"
+
+# release stops the servers it started, and only them.
+pids=$(cat "$tmp"/root/*/*/nbdkit.pid)
+[ "$(echo "$pids" | wc -w)" -eq 4 ] || fail "expected 4 servers, found: $pids"
+for dom in db-01 web-01 "$evil"; do
+    case $dom in db-01) x=one.xml ;; web-01) x=two.xml ;; *) x=evil.xml ;; esac
+    "$HOOK" "$dom" release end - < "$tmp/$x" || fail "release failed for $dom"
+done
+for pid in $pids; do
+    ! kill -0 "$pid" 2>/dev/null || fail "server $pid still runs after release"
+done
+kill -0 "$(cat "$tmp/s1.pid")" || fail "release stopped a source"
+pass "release stops every relocation server"
