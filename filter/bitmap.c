@@ -115,7 +115,7 @@ bitmap_parse_header (const unsigned char *buf, struct bitmap_info *info,
   version = get32 (buf + OFF_VERSION);
   if (version != FORMAT_VERSION) {
     snprintf (why, whylen, "bitmap version %u is not supported (want %u)",
-              version, FORMAT_VERSION);
+              version, (unsigned) FORMAT_VERSION);
     return -1;
   }
   header_checksum (buf, sum);

@@ -273,7 +273,7 @@ serve_client (struct client *c)
 static void *
 control_thread (void *arg)
 {
-  struct client clients[MAX_CLIENTS];
+  struct client clients[MAX_CLIENTS] = { { 0 } };
   struct pollfd pfd[MAX_CLIENTS + 2];
   size_t nclients = 0, i;
 

@@ -1,11 +1,12 @@
-# Sourced by scripts/check and scripts/demo: configure and build in the
-# source tree (warnings are errors); extra configure flags in
-# $CONFIGURE_FLAGS.
+# Sourced by scripts/check, scripts/demo and scripts/torture: configure
+# and build in the source tree (warnings are errors).  With
+# RECONFIGURE=1, configure again with the CFLAGS and LDFLAGS of the
+# environment and rebuild everything.
 if [ ! -x configure ] || [ configure.ac -nt configure ] || [ Makefile.am -nt Makefile.in ]; then
-    autoreconf -fi 
+    autoreconf -fi
 fi
-if [ ! -f Makefile ] || [ configure -nt Makefile ] || [ -n "${CONFIGURE_FLAGS:-}" ]; then
-    # shellcheck disable=SC2086
-    ./configure --enable-werror ${CONFIGURE_FLAGS:-} 
+if [ ! -f Makefile ] || [ configure -nt Makefile ] || [ -n "${RECONFIGURE:-}" ]; then
+    ./configure --enable-werror
+    make clean
 fi
-make -j"$(nproc)" 
+make -j"$(nproc)"

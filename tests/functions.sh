@@ -15,6 +15,12 @@ NBDIO="$PY $srcdir/tests/nbdio.py"
 tmp=$(mktemp -d /tmp/relocate-test.XXXXXX)
 servers=()
 
+# With a sanitizer build (scripts/check --sanitize=...), the runtime is
+# preloaded into nbdkit, which loads the instrumented filter.
+if [ -n "${SANITIZER_PRELOAD:-}" ]; then
+    nbdkit () { LD_PRELOAD=$SANITIZER_PRELOAD command nbdkit "$@"; }
+fi
+
 cleanup ()
 {
     local status=$?
