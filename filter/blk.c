@@ -79,6 +79,7 @@ blk_open (const char *file)
 {
   const struct bitmap_info *info = bitmap_info ();
   pthread_condattr_t attr;
+  struct stat st;
 
   blk_size = info->block_size;
   blk_nblocks = info->nblocks;
@@ -94,7 +95,9 @@ blk_open (const char *file)
    * which stays the guest's.  Not every file system has O_DIRECT.
    */
   direct_fd = cfg.direct ? open (file, O_WRONLY | O_DIRECT | O_CLOEXEC) : -1;
-  if (ftruncate (fd, blk_export_size) == -1) {
+  if (fstat (fd, &st) == -1 ||
+      ((uint64_t) st.st_size != blk_export_size &&
+       ftruncate (fd, blk_export_size) == -1)) {
     nbdkit_error ("relocate-file %s: cannot size to %" PRIu64 ": %m",
                   file, blk_export_size);
     return -1;

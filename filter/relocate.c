@@ -375,6 +375,16 @@ relocate_after_fork (nbdkit_backend *backend)
       return -1;
   }
   info = bitmap_info ();
+  /* A resumed relocation may start without the source, not with a
+   * source that changed: check before touching any file.
+   */
+  if (!(info->flags & BITMAP_FLAG_COMPLETE) && !bitmap_is_new &&
+      upstream_connect_once (backend, &size) == 0 &&
+      (uint64_t) size != info->size) {
+    nbdkit_error ("relocate: the source has size %" PRIi64 ", but %s "
+                  "holds %" PRIu64 " bytes", size, cfg.bitmap, info->size);
+    return -1;
+  }
   if (blk_open (cfg.file) == -1)
     return -1;
 
@@ -384,12 +394,6 @@ relocate_after_fork (nbdkit_backend *backend)
                   cfg.file);
   }
   else {
-    if (!bitmap_is_new && upstream_connect_once (backend, &size) == 0 &&
-        (uint64_t) size != info->size) {
-      nbdkit_error ("relocate: the source has size %" PRIi64 ", but %s "
-                    "holds %" PRIu64 " bytes", size, cfg.bitmap, info->size);
-      return -1;
-    }
     if (upstream_start (backend, info->size) == -1)
       return -1;
     if (info->flags & BITMAP_FLAG_STARTED) {

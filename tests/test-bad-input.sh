@@ -81,6 +81,14 @@ expect_refusal "relocate-file $tmp/a/gone.img is missing, but its bitmap" \
 expect_refusal "exists and is not empty, but has no bitmap" \
     nbd "$src" relocate-file="$tmp/a/copy.img"
 
+# A resumed relocation whose source now has another size.
+start_dest standby src "$tmp/a/standby.img" relocate-start=manual
+stop_server standby
+stop_server src
+start_source src "$tmp/other.img"          # 8 MiB, at the same socket
+expect_refusal "the source has size 8388608, but $tmp/a/standby.img.bitmap holds 4194304 bytes" \
+    nbd "$src" relocate-file="$tmp/a/standby.img"
+
 # An unwritable directory: missing, and (as an unprivileged user) read-only.
 expect_refusal "is not writable" \
     nbd "$src" relocate-file="$tmp/a/nodir/disk.img"

@@ -83,3 +83,20 @@ fetched=$(status_field dst fetched_background_bytes)
 [ "$fetched" -le $(( (mib << 20) - present )) ] || fail "refetched after SIGTERM: $fetched"
 cmp "$tmp/dst.img" "$tmp/src.img" || fail "final image is wrong after SIGTERM"
 pass "resumed after SIGTERM without refetching"
+
+# The source comes back with another size: refused, and the relocation
+# is marked failed (relocatectl wait exits 4) while present data is served.
+stop_server dst
+rm -f "$tmp/dst.img" "$tmp/dst.img.bitmap"
+start_dest dst src "$tmp/dst.img" relocate-start=immediate relocate-rate=4M
+$NBDIO compare "$(uri dst)" "$tmp/src.img" $((1 << 20))
+stop_server src KILL
+head -c $((8 << 20)) /dev/urandom > "$tmp/small.img"
+start_source src "$tmp/small.img"
+wait_for field_is dst failed true || fail "a source of another size was not refused"
+grep -q "refusing it" "$tmp/dst.log" || fail "refusal not logged"
+set +e; ctl wait dst --timeout 10 2>"$tmp/err"; st=$?; set -e
+[ $st -eq 4 ] || fail "wait on a failed relocation exited $st, not 4"
+grep -q "source size changed" "$tmp/err" || fail "wait did not say why: $(cat "$tmp/err")"
+$NBDIO compare "$(uri dst)" "$tmp/src.img" $((1 << 20)) || fail "present data lost"
+pass "a source of another size is refused; wait exits 4; present data served"
