@@ -17,8 +17,12 @@ servers=()
 
 # With a sanitizer build (scripts/check --sanitize=...), the runtime is
 # preloaded into nbdkit, which loads the instrumented filter.
+# NBDKIT is a command (an array) for places that exec it directly.
 if [ -n "${SANITIZER_PRELOAD:-}" ]; then
     nbdkit () { LD_PRELOAD=$SANITIZER_PRELOAD command nbdkit "$@"; }
+    NBDKIT=(env "LD_PRELOAD=$SANITIZER_PRELOAD" nbdkit)
+else
+    NBDKIT=(nbdkit)
 fi
 
 cleanup ()

@@ -25,7 +25,7 @@ expect_refusal ()
     before=$(cd "$tmp/a" && find . -exec ls -ld --time-style=+%s.%N {} + | sort; \
              find . -type f -exec sha256sum {} + | sort)
     rm -f "$tmp/bad.sock"
-    if out=$(timeout 60 nbdkit -f -U "$tmp/bad.sock" --filter="$FILTER" "$@" 2>&1); then
+    if out=$(timeout 60 "${NBDKIT[@]}" -f -U "$tmp/bad.sock" --filter="$FILTER" "$@" 2>&1); then
         fail "nbdkit started with: $*"
     fi
     grep -qF -- "$msg" <<<"$out" || fail "expected '$msg', got: $out"
@@ -98,7 +98,7 @@ if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
     chmod 0666 "$tmp/src.sock"
     before=$(ls -la "$tmp/a/ro")
     if out=$(timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups \
-             nbdkit -f -U - --filter="$FILTER" nbd "$src" \
+             "${NBDKIT[@]}" -f -U - --filter="$FILTER" nbd "$src" \
              relocate-file="$tmp/a/ro/disk.img" --run true 2>&1); then
         fail "nbdkit started in a read-only directory"
     fi

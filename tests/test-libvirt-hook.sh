@@ -23,10 +23,13 @@ p1=$(free_port); tcp_source s1 "$tmp/d1.img" "$p1"
 p2=$(free_port); tcp_source s2 "$tmp/d2.img" "$p2"
 
 mkdir -p "$tmp/root" "$tmp/bin"
+printf '#!/bin/sh\nexec %s "$@"\n' "${NBDKIT[*]}" > "$tmp/bin/nbdkit"
+chmod +x "$tmp/bin/nbdkit"
 cat > "$tmp/hook.conf" <<CONF
 [hook]
 state_root = $tmp/root
 local_hosts = none
+nbdkit = $tmp/bin/nbdkit
 filter = $FILTER
 relocatectl = $RELOCATECTL
 CONF
