@@ -110,7 +110,9 @@ parse_reply (const char *s)
       SKIP_WS ();
       if (*s == '"') {
         for (s++; *s && *s != '"'; s++) {
-          if (*s == '\\' && s[1] == 'u' && g_ascii_isxdigit (s[2])) {
+          if (*s == '\\' && s[1] == 'u' && g_ascii_isxdigit (s[2]) &&
+              g_ascii_isxdigit (s[3]) && g_ascii_isxdigit (s[4]) &&
+              g_ascii_isxdigit (s[5])) {
             g_string_append_c (cur, (char) strtol ((char[]) { s[4], s[5], 0 }, NULL, 16));
             s += 5;
           }

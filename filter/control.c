@@ -124,12 +124,15 @@ control_parse (const char *line, struct control_cmd *cmd,
 void
 control_json_string (GString *out, const char *s)
 {
+  /* JSON must be UTF-8: a path that is not is sent byte by byte. */
+  bool utf8 = g_utf8_validate (s, -1, NULL);
+
   g_string_append_c (out, '"');
   for (; *s; ++s) {
     unsigned char c = *s;
     if (c == '"' || c == '\\')
       g_string_append_printf (out, "\\%c", c);
-    else if (c < 0x20 || c == 0x7f)
+    else if (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8))
       g_string_append_printf (out, "\\u%04x", c);
     else
       g_string_append_c (out, c);

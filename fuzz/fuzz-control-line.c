@@ -125,8 +125,10 @@ hexval (char c)
 }
 
 /* Check that json[0, len) is one JSON string (RFC 8259 section 7)
- * and that it decodes to exactly want.  Only \u escapes below 0x80
- * are decoded to bytes, which is all control_json_string produces.
+ * and that it decodes to exactly want.  \u escapes below 0x100 are
+ * decoded to bytes, which is all control_json_string produces (bytes
+ * of a string that is not UTF-8 are sent as \u00XX, and relocatectl
+ * decodes them so).
  */
 static void
 check_json_string (const char *json, size_t len, const char *want)
@@ -164,7 +166,7 @@ check_json_string (const char *json, size_t len, const char *want)
       }
       i += 4;
       CHECK (v != 0);                /* the input was a C string */
-      CHECK (v < 0x80);
+      CHECK (v < 0x100);             /* \u00XX: byte XX of a non-UTF-8 string */
       g_string_append_c (dec, (char) v);
       break;
     }
@@ -189,10 +191,8 @@ json_one (const char *s)
   control_json_string (out, s);
   CHECK (out->str[0] == 'x');
   check_json_string (out->str + 1, out->len - 1, s);
-  if (utf8 && g_utf8_validate (s, -1, NULL))
+  if (utf8)
     CHECK (g_utf8_validate (out->str, out->len, NULL));
-  else if (utf8)
-    CHECK (!"control_json_string output is not UTF-8");
   g_string_free (out, TRUE);
 }
 
