@@ -31,7 +31,7 @@ static int direct_fd = -1;              /* the same, O_DIRECT, or -1 */
  * whenever a block leaves the busy state.
  */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t changed;
+static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 static uint64_t *busy;                  /* one bit per block */
 
 /* Serialises blk_flush, so snapshots reach the file in order. */
@@ -78,7 +78,6 @@ int
 blk_open (const char *file)
 {
   const struct bitmap_info *info = bitmap_info ();
-  pthread_condattr_t attr;
   struct stat st;
 
   blk_size = info->block_size;
@@ -107,10 +106,6 @@ blk_open (const char *file)
     nbdkit_error ("relocate: malloc: %m");
     return -1;
   }
-  pthread_condattr_init (&attr);
-  pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
-  pthread_cond_init (&changed, &attr);
-  pthread_condattr_destroy (&attr);
   return 0;
 }
 
@@ -808,23 +803,6 @@ blk_present_bytes (void)
     r -= (uint64_t) blk_nblocks * blk_size - blk_export_size;
   pthread_mutex_unlock (&lock);
   return r;
-}
-
-void
-blk_wait_change (unsigned ms)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  pthread_mutex_lock (&lock);
-  pthread_cond_timedwait (&changed, &lock, &ts);
-  pthread_mutex_unlock (&lock);
 }
 
 uint64_t

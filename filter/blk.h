@@ -74,9 +74,6 @@ void blk_release (uint64_t first, uint64_t n);
 uint64_t blk_present_blocks (void);
 uint64_t blk_present_bytes (void);
 
-/* Wait until some block changes state or the timeout (ms) passes. */
-void blk_wait_change (unsigned ms);
-
 /* Where the client last fetched on demand: the background copy
  * continues from there (the guest tends to read on).
  */
