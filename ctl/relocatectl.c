@@ -334,7 +334,7 @@ do_wait (const char *path)
                path, opt_timeout);
       return EXIT_TIMEOUT;
     }
-    g_usleep (200 * 1000);
+    g_usleep (100 * 1000);
   }
 }
 

@@ -6,6 +6,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <time.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <glib.h>
 #include <nbdkit-filter.h>
@@ -25,14 +28,17 @@ static unsigned inflight;           /* background fetches in progress */
 static uint64_t mapped_blocks;      /* blocks before this have had block status */
 
 /* Progress samples for the current throughput: one per coordinator
- * pass (about 200 ms), the last SAMPLES of them.
+ * pass (about 50 ms), the last SAMPLES of them (two seconds).
  */
-#define SAMPLES 10
+#define SAMPLES 40
 static struct { double t; uint64_t present; } samples[SAMPLES];
 static unsigned nsamples, next_sample;
 
 static bool mapper_running;
 static pthread_t mapper_thread;
+
+/* Nice value of the background threads. */
+#define BACKGROUND_NICE 10
 
 /* Background requests allowed while the guest is doing I/O. */
 #define QUIET_WORKERS(n) ((n) / 4 > 0 ? (n) / 4 : 1)
@@ -52,6 +58,14 @@ now (void)
 
   clock_gettime (CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The background threads run at a lower priority than the guest's. */
+static void
+lower_priority (void)
+{
+  if (setpriority (PRIO_PROCESS, syscall (SYS_gettid), BACKGROUND_NICE) == -1)
+    nbdkit_debug ("relocate: setpriority: %m");
 }
 
 /* Should the workers be copying now? */
@@ -117,6 +131,7 @@ mapper (void *arg)
   size_t i;
   int err;
 
+  lower_priority ();
   while (offset < blk_export_size) {
     pthread_mutex_lock (&lock);
     while (!stopping && !copying ())
@@ -201,6 +216,7 @@ worker (void *arg)
     nbdkit_error ("relocate: background copy: malloc: %m");
     return arg;
   }
+  lower_priority ();
   pthread_mutex_lock (&lock);
   while (!stopping) {
     ms = wait_ms_locked ();
@@ -257,7 +273,7 @@ coordinator (void *arg)
       pthread_mutex_lock (&lock);
     }
     if (!stopping)
-      wait_kick (200);
+      wait_kick (50);
   }
   pthread_mutex_unlock (&lock);
   return arg;

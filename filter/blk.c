@@ -39,6 +39,12 @@ static pthread_mutex_t persist_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static uint64_t demand_hint;            /* atomic */
 
+/* Once every block is present (for good: blocks never become absent
+ * again) reads and writes skip the bookkeeping: the filter is a plain
+ * server over the local file.
+ */
+static bool all_present;                /* atomic */
+
 /* After an fdatasync of the local file fails, Linux may have dropped
  * the data and will not report it again: never write the bitmap
  * again, and fail every flush.
@@ -101,6 +107,7 @@ blk_open (const char *file)
                   file, blk_export_size);
     return -1;
   }
+  all_present = bitmap_count () == blk_nblocks;
   busy = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
   if (busy == NULL) {
     nbdkit_error ("relocate: malloc: %m");
@@ -228,6 +235,8 @@ finish_run_locked (uint64_t first, uint64_t n, bool present)
       bitmap_set (b);
     set_busy (b, false);
   }
+  if (present && bitmap_count () == blk_nblocks)
+    __atomic_store_n (&all_present, true, __ATOMIC_RELEASE);
   pthread_cond_broadcast (&changed);
 }
 
@@ -453,7 +462,8 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
 int
 blk_read (void *buf, uint32_t count, uint64_t offset, int *err)
 {
-  if (ensure_present (offset, count, err) == -1)
+  if (!__atomic_load_n (&all_present, __ATOMIC_ACQUIRE) &&
+      ensure_present (offset, count, err) == -1)
     return -1;
   if (full_pread (buf, count, offset) == -1) {
     *err = errno;
@@ -499,6 +509,28 @@ fetch_owned_block (uint64_t b, int *err)
   return r;
 }
 
+/* Apply a write, zero or trim to the local file. */
+static int
+local_op (enum op op, const void *buf, uint32_t count, uint64_t offset,
+          bool flag, int *err)
+{
+  int r = 0;
+
+  switch (op) {
+  case OP_WRITE: r = full_pwrite (buf, count, offset); break;
+  case OP_ZERO: r = zero_local (count, offset, flag); break;
+  case OP_TRIM: r = zero_local (count, offset, true); break;
+  }
+  if (r == -1) {
+    *err = errno;
+    nbdkit_error ("relocate-file: %s of %" PRIu32 " bytes at offset %"
+                  PRIu64 ": %m",
+                  op == OP_WRITE ? "write" : op == OP_ZERO ? "zero" : "trim",
+                  count, offset);
+  }
+  return r;
+}
+
 /* Write, zero or trim [offset, offset+count) in the local file.
  *
  * Wait until no block of the range is busy, then own every absent
@@ -514,6 +546,9 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
   uint64_t end = offset + count, b;
   bool head_partial, tail_partial, head_absent, tail_absent;
   int r;
+
+  if (__atomic_load_n (&all_present, __ATOMIC_ACQUIRE))
+    return local_op (op, buf, count, offset, flag, err);
 
   pthread_mutex_lock (&lock);
  again:
@@ -541,20 +576,8 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
     if (r == 0 && b1 != b0 && tail_partial && tail_absent)
       r = fetch_owned_block (b1, err);
   }
-  if (r == 0) {
-    switch (op) {
-    case OP_WRITE: r = full_pwrite (buf, count, offset); break;
-    case OP_ZERO: r = zero_local (count, offset, flag); break;
-    case OP_TRIM: r = zero_local (count, offset, true); break;
-    }
-    if (r == -1) {
-      *err = errno;
-      nbdkit_error ("relocate-file: %s of %" PRIu32 " bytes at offset %"
-                    PRIu64 ": %m",
-                    op == OP_WRITE ? "write" : op == OP_ZERO ? "zero" : "trim",
-                    count, offset);
-    }
-  }
+  if (r == 0)
+    r = local_op (op, buf, count, offset, flag, err);
 
   /* Every busy block of the range is ours. */
   pthread_mutex_lock (&lock);
