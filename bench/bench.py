@@ -273,6 +273,10 @@ class Bench:
         self.ctl = os.path.join(self.tmp, "relocatectl")
         shutil.copy(os.environ["RELOCATECTL"], self.ctl)
         self.qsd = shutil.which("qemu-storage-daemon")
+        # what is measured, as of the start
+        self.git = subprocess.run(["git", "describe", "--always", "--dirty"],
+                                  capture_output=True, text=True,
+                                  cwd=TOP).stdout.strip() or None
         self.results = {}
         self.timelines = {}
 
@@ -864,7 +868,7 @@ class Bench:
             relocate_args=self.relocate_args, wan_args=self.wan_args,
             filter=os.environ["FILTER"],
             filter_sha256=out("sha256sum", self.filter).split()[0],
-            git=out("git", "describe", "--always", "--dirty"),
+            git=self.git,
             nbdkit=out("nbdkit", "--version"),
             qemu_storage_daemon=bool(self.qsd), nproc=os.cpu_count(),
             **{k: v for k, v in self.prof.items() if k != "reps"})
@@ -1042,6 +1046,12 @@ def plot(R, path):
               "scan+cache (defaults)": "C3", "qsd block-stream": "C4"}
     for ax, (scen, net) in zip(axes.flat, panels):
         size = R[scen]["size"]
+        ax_present = ax
+        if scen == "sparse":
+            # data on the left axis; relocate's present_bytes (mostly
+            # holes, marked present at once) on the right
+            ax_present = ax.twinx()
+            ax_present.set_ylabel("GiB present (relocate)", color="C0")
         for name, runs in R[scen]["runs"][net].items():
             r = runs[0]
             tl = r.get("timeline") or []
@@ -1052,6 +1062,11 @@ def plot(R, path):
             if name == "relocate" and scen == "sparse":
                 ax.plot(xs, [0] + [x[2] / GiB for x in tl], color="C0",
                         ls="--", label="relocate (fetched bytes)")
+                ax_present.plot(xs, ys, color="C0", lw=0.8, alpha=0.6)
+                ax_present.axhline(size / GiB, color="grey", lw=0.5, ls=":")
+                ax.plot([r["time_s"]], [tl[-1][2] / GiB], marker="x",
+                        color="C0", markersize=9)
+                continue
             label = name
             if name == "nbdcopy":
                 label += " (output allocated)"
@@ -1065,10 +1080,11 @@ def plot(R, path):
             end_t = r["time_s"]
             ax.plot([end_t], [ys[-1]], marker="x" if r.get("complete", True)
                     else "o", color=styles.get(name), markersize=9)
-        ax.axhline(size / GiB, color="grey", lw=0.5, ls=":")
+        if scen == "dense":
+            ax.axhline(size / GiB, color="grey", lw=0.5, ls=":")
         ax.set_title("%s image (%d MiB), %s" % (scen, size // MiB, net))
         ax.set_xlabel("seconds since start")
-        ax.set_ylabel("GiB")
+        ax.set_ylabel("GiB" if scen == "dense" else "GiB of data copied")
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
