@@ -761,6 +761,7 @@ class Bench:
         tests = {
             "rand4k_qd1": ("randread", 4 * KiB, 1, size, rt),
             "rand4k_qd16": ("randread", 4 * KiB, 16, size, rt),
+            "seq64k_qd1": ("read", 64 * KiB, 1, seq, rt),
             "seq1m_qd1": ("read", 1 * MiB, 1, seq, None),
             "seq1m_qd8": ("read", 1 * MiB, 8, seq, None),
         }
@@ -981,6 +982,7 @@ def report(R):
         for tname, (metric, key, scale, spec) in {
                 "rand4k_qd1": ("mean latency us", "lat_mean_us", 1, "%.0f"),
                 "rand4k_qd16": ("IOPS", "iops", 1, "%.0f"),
+                "seq64k_qd1": ("MiB/s", "bw_bytes", 1 / MiB, "%.1f"),
                 "seq1m_qd1": ("MiB/s", "bw_bytes", 1 / MiB, "%.1f"),
                 "seq1m_qd8": ("MiB/s", "bw_bytes", 1 / MiB, "%.1f")}.items():
             if tname not in F["runs"]:
@@ -993,7 +995,10 @@ def report(R):
             if tname == "rand4k_qd1" and F["rtt_s"]:
                 bound = "RTT = %.0f" % (F["rtt_s"] * 1e6)
             label = tname if not tname.startswith("seq") else \
-                "seq 1M %s, %d MiB" % (tname[-3:], F["seq"] // MiB)
+                "seq %s %s, %d MiB%s" % (
+                    "64K" if "64k" in tname else "1M", tname[-3:],
+                    F["seq"] // MiB,
+                    " (or %d s)" % F["runtime"] if "64k" in tname else "")
             L.append("| %s | %s | %s | %s | %s | %s |" % (
                 label, metric, fmt(a * scale if a is not None else None, spec),
                 fmt(b * scale if b is not None else None, spec),

@@ -57,6 +57,7 @@ static bool sync_failed;                /* under persist_lock */
  */
 static uint64_t seq_next;
 static uint64_t ra_blocks;
+static unsigned demand_fetches;         /* demand fetches in progress */
 #define RA_START 8                      /* blocks, on the first sequential hit */
 
 /* Claimed runs a single request handles per pass, and the longest
@@ -356,6 +357,12 @@ readahead_locked (uint64_t *first, uint64_t *n, size_t runs)
   max = MIN (max, MAX_RUN_BYTES / blk_size - MIN (n[last], MAX_RUN_BYTES / blk_size));
   if (!upstream_connected ())
     max = 0;
+  /* Readahead serves a reader that waits for each read in turn.  A
+   * guest with several reads in flight fetches in parallel already;
+   * one long run would serialise its reads behind it.
+   */
+  if (demand_fetches > 0)
+    max = 0;
   if (first[0] == seq_next && max > 0)
     ra_blocks = MIN (ra_blocks ? ra_blocks * 2 : RA_START, max);
   else
@@ -400,6 +407,7 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
   size_t runs, i;
   bool waiting;
   void *buf;
+  int r;
 
   for (;;) {
     /* Claim the absent runs that nobody else owns. */
@@ -426,8 +434,10 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
       pthread_mutex_unlock (&lock);
       return 0;                 /* all present */
     }
-    if (runs > 0)
+    if (runs > 0) {
       readahead_locked (first, n, runs);
+      demand_fetches++;
+    }
     if (runs == 0) {
       pthread_cond_wait (&changed, &lock);
       pthread_mutex_unlock (&lock);
@@ -442,20 +452,28 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
     if (buf == NULL) {
       *err = errno;
       nbdkit_error ("relocate: malloc: %m");
+      pthread_mutex_lock (&lock);
+      demand_fetches--;
+      pthread_mutex_unlock (&lock);
       for (i = 0; i < runs; ++i)
         blk_release (first[i], n[i]);
       return -1;
     }
+    r = 0;
     for (i = 0; i < runs; ++i) {
-      if (blk_fetch_claimed (first[i], n[i], buf, false, err) == -1) {
-        for (++i; i < runs; ++i)
-          blk_release (first[i], n[i]);
-        free (buf);
-        return -1;
+      if (r == -1) {
+        blk_release (first[i], n[i]);
+        continue;
       }
+      r = blk_fetch_claimed (first[i], n[i], buf, false, err);
       __atomic_store_n (&demand_hint, first[i] + n[i], __ATOMIC_RELAXED);
     }
     free (buf);
+    pthread_mutex_lock (&lock);
+    demand_fetches--;
+    pthread_mutex_unlock (&lock);
+    if (r == -1)
+      return -1;
   }
 }
 

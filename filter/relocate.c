@@ -35,10 +35,10 @@ struct config cfg = {
   .control_mode = 0600,
   .start = START_ON_WRITE,
   .background = true,
-  .workers = 4,
-  .request_size = 2 * 1024 * 1024,
+  .workers = 8,
+  .request_size = 4 * 1024 * 1024,
   .timeout = 60,
-  .sync_interval = 2,
+  .sync_interval = 5,
   .readahead = 4 * 1024 * 1024,
   .zero_detect = true,
   .direct = true,
@@ -332,14 +332,14 @@ relocate_config_complete (nbdkit_next_config_complete *next,
   "relocate-block-size=SIZE   Tracking granularity (default 64K).\n" \
   "relocate-start=MODE        immediate | on-write (default) | manual.\n" \
   "relocate-background=BOOL   Copy absent blocks in the background.\n" \
-  "relocate-workers=N         Background requests in flight (default 4).\n" \
-  "relocate-request-size=SIZE Background request size (default 2M).\n" \
+  "relocate-workers=N         Background requests in flight (default 8).\n" \
+  "relocate-request-size=SIZE Background request size (default 4M).\n" \
   "relocate-rate=SIZE         Background bytes per second (0 = unlimited).\n" \
   "relocate-readahead=SIZE    Max readahead for sequential reads (default 4M).\n" \
   "relocate-zero-detect=BOOL  Store fetched zero blocks as holes (default true).\n" \
   "relocate-direct=BOOL       Write fetched data with O_DIRECT (default true).\n" \
   "relocate-timeout=SECS      Wait for the source this long (default 60).\n" \
-  "relocate-sync-interval=SECS Persist progress this often (default 2).\n" \
+  "relocate-sync-interval=SECS Persist progress this often (default 5).\n" \
   "relocate-control=SOCKET    Unix socket for relocatectl.\n" \
   "relocate-control-mode=MODE Its permissions (default 0600)."
 
