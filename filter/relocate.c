@@ -119,12 +119,42 @@ parse_unsigned (const char *key, const char *value, unsigned min,
   return 0;
 }
 
+/* A SIZE parameter within [min, max]. */
+static int
+parse_size (const char *key, const char *value, int64_t min, int64_t max,
+            uint64_t *out)
+{
+  int64_t sz = nbdkit_parse_size (value);
+
+  if (sz == -1)
+    return -1;
+  if (sz < min || sz > max) {
+    nbdkit_error ("%s=%s: must be between %" PRIi64 " and %" PRIi64 " bytes",
+                  key, value, min, max);
+    return -1;
+  }
+  *out = sz;
+  return 0;
+}
+
+static int
+parse_bool (const char *value, bool *out)
+{
+  int r = nbdkit_parse_bool (value);
+
+  if (r == -1)
+    return -1;
+  *out = r;
+  return 0;
+}
+
+#define MAX_SIZE (32 * 1024 * 1024)
+
 static int
 relocate_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                  const char *key, const char *value)
 {
-  int64_t sz;
-  int r;
+  uint64_t sz;
 
   if (strcmp (key, "relocate-file") == 0)
     return (cfg.file = absolute (key, value)) ? 0 : -1;
@@ -145,15 +175,15 @@ relocate_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return 0;
   }
   if (strcmp (key, "relocate-block-size") == 0) {
-    sz = nbdkit_parse_size (value);
-    if (sz == -1)
+    int64_t bs = nbdkit_parse_size (value);
+    if (bs == -1)
       return -1;
-    if (sz < 4096 || sz > 32 * 1024 * 1024 || (sz & (sz - 1)) != 0) {
+    if (bs < 4096 || bs > MAX_SIZE || (bs & (bs - 1)) != 0) {
       nbdkit_error ("relocate-block-size=%s: must be a power of 2 "
                     "between 4K and 32M", value);
       return -1;
     }
-    cfg.block_size = sz;
+    cfg.block_size = bs;
     return 0;
   }
   if (strcmp (key, "relocate-start") == 0) {
@@ -167,63 +197,32 @@ relocate_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     }
     return 0;
   }
-  if (strcmp (key, "relocate-background") == 0) {
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
-      return -1;
-    cfg.background = r;
-    return 0;
-  }
+  if (strcmp (key, "relocate-background") == 0)
+    return parse_bool (value, &cfg.background);
+  if (strcmp (key, "relocate-zero-detect") == 0)
+    return parse_bool (value, &cfg.zero_detect);
+  if (strcmp (key, "relocate-direct") == 0)
+    return parse_bool (value, &cfg.direct);
   if (strcmp (key, "relocate-workers") == 0)
     return parse_unsigned (key, value, 1, 64, &cfg.workers);
-  if (strcmp (key, "relocate-request-size") == 0) {
-    sz = nbdkit_parse_size (value);
-    if (sz == -1)
-      return -1;
-    if (sz < 4096 || sz > 32 * 1024 * 1024) {
-      nbdkit_error ("relocate-request-size=%s: must be between 4K and 32M",
-                    value);
-      return -1;
-    }
-    cfg.request_size = sz;
-    return 0;
-  }
-  if (strcmp (key, "relocate-rate") == 0) {
-    sz = nbdkit_parse_size (value);
-    if (sz == -1)
-      return -1;
-    cfg.rate = sz;
-    return 0;
-  }
-  if (strcmp (key, "relocate-readahead") == 0) {
-    sz = nbdkit_parse_size (value);
-    if (sz == -1)
-      return -1;
-    if (sz > 32 * 1024 * 1024) {
-      nbdkit_error ("relocate-readahead=%s: must be at most 32M", value);
-      return -1;
-    }
-    cfg.readahead = sz;
-    return 0;
-  }
-  if (strcmp (key, "relocate-zero-detect") == 0) {
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
-      return -1;
-    cfg.zero_detect = r;
-    return 0;
-  }
-  if (strcmp (key, "relocate-direct") == 0) {
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
-      return -1;
-    cfg.direct = r;
-    return 0;
-  }
   if (strcmp (key, "relocate-timeout") == 0)
     return parse_unsigned (key, value, 1, 86400, &cfg.timeout);
   if (strcmp (key, "relocate-sync-interval") == 0)
     return parse_unsigned (key, value, 1, 3600, &cfg.sync_interval);
+  if (strcmp (key, "relocate-rate") == 0)
+    return parse_size (key, value, 0, INT64_MAX, &cfg.rate);
+  if (strcmp (key, "relocate-request-size") == 0) {
+    if (parse_size (key, value, 4096, MAX_SIZE, &sz) == -1)
+      return -1;
+    cfg.request_size = sz;
+    return 0;
+  }
+  if (strcmp (key, "relocate-readahead") == 0) {
+    if (parse_size (key, value, 0, MAX_SIZE, &sz) == -1)
+      return -1;
+    cfg.readahead = sz;
+    return 0;
+  }
   if (strncmp (key, "relocate-", 9) == 0) {
     nbdkit_error ("%s: unknown parameter (see nbdkit-relocate-filter(1))", key);
     return -1;

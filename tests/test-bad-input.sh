@@ -43,6 +43,10 @@ expect_refusal "relocate-block-size=2K: must be a power of 2 between 4K and 32M"
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-block-size=2K
 expect_refusal "relocate-start=later: must be immediate, on-write or manual" \
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-start=later
+expect_refusal "relocate-request-size=64M: must be between 4096 and 33554432 bytes" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-request-size=64M
+expect_refusal "relocate-workers=0: must be between 1 and 64" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-workers=0
 expect_refusal "relocate-wrokers: unknown parameter" \
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-wrokers=4
 
