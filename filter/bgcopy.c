@@ -41,7 +41,7 @@ static pthread_t mapper_thread;
 #define BACKGROUND_NICE 10
 
 /* Background requests allowed while the guest is doing I/O. */
-#define QUIET_WORKERS(n) ((n) / 4 > 0 ? (n) / 4 : 1)
+#define QUIET_WORKERS(n) ((n) / 8 > 0 ? (n) / 8 : 1)
 
 /* Block status is asked for this much of the source at a time. */
 #define MAP_CHUNK (UINT64_C (1) << 30)
