@@ -6,8 +6,12 @@ packages=(
     gcc make autoconf automake libtool pkg-config perl
     nbdkit nbdkit-plugin-dev libnbd-dev libglib2.0-dev
     # tests and demo
-    libnbd-bin python3-libnbd util-linux libxml2-utils procps
+    libnbd-bin python3-libnbd util-linux bsdutils procps bc
 )
+# scripts/check --ci also runs cppcheck (fuzz/run installs clang itself).
+if [ "${1:-}" = --ci ]; then
+    packages+=(cppcheck)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
