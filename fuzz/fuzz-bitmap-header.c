@@ -29,20 +29,13 @@
 #include <glib.h>
 
 #include "bitmap.h"
+#include "fuzz.h"
 
 /* Header offsets, as in filter/bitmap.c (private there). */
 #define OFF_MAGIC      0
 #define OFF_VERSION    8
 #define OFF_CHECKSUM 296
 
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf (stderr, "%s:%d: invariant failed: %s\n",                 \
-               __FILE__, __LINE__, #cond);                              \
-      abort ();                                                         \
-    }                                                                   \
-  } while (0)
 
 static void
 fix_up (unsigned char *buf)

@@ -31,15 +31,8 @@
 #include <glib.h>
 
 #include "control.h"
+#include "fuzz.h"
 
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf (stderr, "%s:%d: invariant failed: %s\n",                 \
-               __FILE__, __LINE__, #cond);                              \
-      abort ();                                                         \
-    }                                                                   \
-  } while (0)
 
 /* Reference for control_parse_size: [0-9]+[kKmMgGtT]?, no overflow. */
 static int
