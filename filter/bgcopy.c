@@ -224,8 +224,12 @@ worker (void *arg)
       wait_kick (ms);
       continue;
     }
-    /* Claim only now: a claimed block makes the guest wait for it. */
-    claimed = claim_locked (max, &first, &n);
+    /* Claim only now: a claimed block makes the guest wait for it.
+     * While the guest does I/O, half-size requests: shorter bursts of
+     * work for the threads that receive them.
+     */
+    claimed = claim_locked (relocate_client_active () ? MAX (1, max / 2) : max,
+                            &first, &n);
     if (!claimed) {
       wait_kick (20);           /* the rest is busy, unmapped or present */
       continue;
