@@ -51,15 +51,6 @@ static pthread_t coordinator_thread;
 static pthread_t *worker_threads;
 static unsigned nworkers;
 
-static double
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* The background threads run at a lower priority than the guest's. */
 static void
 lower_priority (void)
@@ -196,7 +187,7 @@ wait_ms_locked (void)
     return 5;
   if (!upstream_connected ())
     return 500;
-  t = now ();
+  t = relocate_now ();
   if (rate > 0 && rate_next_free > t)
     return MAX (1, (unsigned) ((rate_next_free - t) * 1000));
   return 0;
@@ -236,7 +227,7 @@ worker (void *arg)
     }
     rate = relocate_rate ();
     if (rate > 0)
-      rate_next_free = MAX (now (), rate_next_free) + (double) n * blk_size / rate;
+      rate_next_free = MAX (relocate_now (), rate_next_free) + (double) n * blk_size / rate;
     inflight++;
     pthread_mutex_unlock (&lock);
 
@@ -257,12 +248,12 @@ worker (void *arg)
 static void *
 coordinator (void *arg)
 {
-  double last_sync = now ();
+  double last_sync = relocate_now ();
   int err;
 
   pthread_mutex_lock (&lock);
   while (!stopping) {
-    samples[next_sample].t = now ();
+    samples[next_sample].t = relocate_now ();
     samples[next_sample].present = blk_present_bytes ();
     next_sample = (next_sample + 1) % SAMPLES;
     nsamples = MIN (nsamples + 1, SAMPLES);
@@ -270,9 +261,9 @@ coordinator (void *arg)
       pthread_mutex_unlock (&lock);
       if (blk_present_blocks () == blk_nblocks)
         relocate_complete ();
-      else if (now () - last_sync >= cfg.sync_interval) {
+      else if (relocate_now () - last_sync >= cfg.sync_interval) {
         if (blk_flush (&err) == 0)
-          last_sync = now ();
+          last_sync = relocate_now ();
       }
       pthread_mutex_lock (&lock);
     }

@@ -55,8 +55,8 @@ static char *failure;                     /* why it cannot complete */
 static unsigned client_inflight;          /* client requests in progress */
 static double client_last;                /* when the last one ended */
 
-static double
-monotonic (void)
+double
+relocate_now (void)
 {
   struct timespec ts;
 
@@ -397,7 +397,7 @@ relocate_after_fork (nbdkit_backend *backend)
       return -1;
     if (info->flags & BITMAP_FLAG_STARTED) {
       state = STATE_RELOCATING;
-      started_at = monotonic ();
+      started_at = relocate_now ();
     }
     else
       state = STATE_STANDBY;
@@ -450,7 +450,7 @@ relocate_start (const char *why)
     r = blk_persist_flag (BITMAP_FLAG_STARTED);
     if (r == 0) {
       state = STATE_RELOCATING;
-      started_at = monotonic ();
+      started_at = relocate_now ();
       nbdkit_debug ("relocate: relocation started (%s)", why);
     }
   }
@@ -469,7 +469,7 @@ relocate_complete (void)
   upstream_detach ();
   pthread_mutex_lock (&state_lock);
   state = STATE_COMPLETE;
-  completed_at = monotonic ();
+  completed_at = relocate_now ();
   pthread_mutex_unlock (&state_lock);
   notice ("%s complete: %" PRIu64 " bytes in %.1f s "
                 "(%" PRIu64 " fetched on demand, %" PRIu64 " in background, "
@@ -544,7 +544,7 @@ relocate_elapsed (void)
   else if (state == STATE_COMPLETE)
     r = completed_at ? completed_at - started_at : 0;
   else
-    r = monotonic () - started_at;
+    r = relocate_now () - started_at;
   pthread_mutex_unlock (&state_lock);
   return r;
 }
@@ -559,7 +559,7 @@ client_begin (void)
 static int
 client_end (int r)
 {
-  double t = monotonic ();
+  double t = relocate_now ();
 
   __atomic_store (&client_last, &t, __ATOMIC_RELAXED);
   __atomic_sub_fetch (&client_inflight, 1, __ATOMIC_RELAXED);
@@ -574,7 +574,7 @@ relocate_client_active (void)
   if (__atomic_load_n (&client_inflight, __ATOMIC_RELAXED) > 0)
     return true;
   __atomic_load (&client_last, &last, __ATOMIC_RELAXED);
-  return monotonic () - last < CLIENT_QUIET_SECONDS;
+  return relocate_now () - last < CLIENT_QUIET_SECONDS;
 }
 
 /* ---- Per-connection callbacks ---- */

@@ -61,6 +61,7 @@ bool relocate_paused (void);
 void relocate_set_rate (uint64_t bytes_per_second);
 uint64_t relocate_rate (void);
 double relocate_elapsed (void);         /* seconds since relocating */
+double relocate_now (void);             /* CLOCK_MONOTONIC in seconds */
 
 /* Record that the relocation cannot complete (shown by status, and
  * relocatectl wait exits 4); NULL if it has not failed.
