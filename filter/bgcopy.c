@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <sys/resource.h>
@@ -13,7 +14,9 @@
 #include <glib.h>
 #include <nbdkit-filter.h>
 
-#include "relocate.h"
+#include "params.h"
+#include "state.h"
+#include "bitmap.h"
 #include "bgcopy.h"
 #include "blk.h"
 #include "upstream.h"
@@ -63,8 +66,8 @@ lower_priority (void)
 static bool
 copying (void)
 {
-  return cfg.background && !relocate_paused () &&
-    relocate_state () == STATE_RELOCATING;
+  return cfg.background && !state_paused () &&
+    state_get () == STATE_RELOCATING;
 }
 
 /* Wait for a kick, or ms milliseconds; caller holds lock. */
@@ -178,16 +181,16 @@ mapper (void *arg)
 static unsigned
 wait_ms_locked (void)
 {
-  uint64_t rate = relocate_rate ();
+  uint64_t rate = state_rate ();
   double t;
 
   if (!copying ())
     return 1000;
-  if (inflight >= QUIET_WORKERS (cfg.workers) && relocate_client_active ())
+  if (inflight >= QUIET_WORKERS (cfg.workers) && state_client_active ())
     return 5;
   if (!upstream_connected ())
     return 500;
-  t = relocate_now ();
+  t = state_now ();
   if (rate > 0 && rate_next_free > t)
     return MAX (1, (unsigned) ((rate_next_free - t) * 1000));
   return 0;
@@ -219,15 +222,15 @@ worker (void *arg)
      * While the guest does I/O, half-size requests: shorter bursts of
      * work for the threads that receive them.
      */
-    claimed = claim_locked (relocate_client_active () ? MAX (1, max / 2) : max,
+    claimed = claim_locked (state_client_active () ? MAX (1, max / 2) : max,
                             &first, &n);
     if (!claimed) {
       wait_kick (20);           /* the rest is busy, unmapped or present */
       continue;
     }
-    rate = relocate_rate ();
+    rate = state_rate ();
     if (rate > 0)
-      rate_next_free = MAX (relocate_now (), rate_next_free) + (double) n * blk_size / rate;
+      rate_next_free = MAX (state_now (), rate_next_free) + (double) n * blk_size / rate;
     inflight++;
     pthread_mutex_unlock (&lock);
 
@@ -244,26 +247,79 @@ worker (void *arg)
   return arg;
 }
 
+/* Serialises the transitions out of standby and into complete. */
+static GMutex transition_lock;
+
+int
+bgcopy_start_relocation (const char *why)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&transition_lock);
+
+  if (state_get () != STATE_STANDBY)
+    return 0;
+  /* Durable before anything is stored. */
+  if (blk_persist_flag (BITMAP_FLAG_STARTED) == -1)
+    return -1;
+  state_set (STATE_RELOCATING);
+  nbdkit_debug ("relocate: relocation started (%s)", why);
+  bgcopy_kick ();
+  return 0;
+}
+
+/* Log a line that is news, not an error (the completion summary). */
+static void __attribute__ ((format (printf, 1, 2)))
+notice (const char *fmt, ...)
+{
+  g_autofree char *msg = NULL;
+  va_list ap;
+
+  va_start (ap, fmt);
+  msg = g_strdup_vprintf (fmt, ap);
+  va_end (ap);
+  nbdkit_debug ("relocate: %s", msg);
+  fprintf (stderr, "nbdkit: relocate: %s\n", msg);
+}
+
+/* Every block is present: make it durable, say so and let the source go. */
+static void
+complete (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&transition_lock);
+  int err;
+
+  if (blk_flush (&err) == -1 || blk_persist_flag (BITMAP_FLAG_COMPLETE) == -1)
+    return;                     /* the coordinator tries again */
+  upstream_detach ();
+  state_set (STATE_COMPLETE);
+  notice ("%s complete: %" PRIu64 " bytes in %.1f s "
+          "(%" PRIu64 " fetched on demand, %" PRIu64 " in background, "
+          "%" PRIu64 " skipped as zero, %" PRIu64 " written by clients); "
+          "the source is no longer used",
+          cfg.file, blk_export_size, state_elapsed (),
+          STAT_GET (fetched_demand), STAT_GET (fetched_background),
+          STAT_GET (skipped_zero), STAT_GET (written));
+}
+
 /* Sync every relocate-sync-interval seconds; complete at the end. */
 static void *
 coordinator (void *arg)
 {
-  double last_sync = relocate_now ();
+  double last_sync = state_now ();
   int err;
 
   pthread_mutex_lock (&lock);
   while (!stopping) {
-    samples[next_sample].t = relocate_now ();
+    samples[next_sample].t = state_now ();
     samples[next_sample].present = blk_present_bytes ();
     next_sample = (next_sample + 1) % SAMPLES;
     nsamples = MIN (nsamples + 1, SAMPLES);
-    if (relocate_state () == STATE_RELOCATING) {
+    if (state_get () == STATE_RELOCATING) {
       pthread_mutex_unlock (&lock);
       if (blk_present_blocks () == blk_nblocks)
-        relocate_complete ();
-      else if (relocate_now () - last_sync >= cfg.sync_interval) {
+        complete ();
+      else if (state_now () - last_sync >= cfg.sync_interval) {
         if (blk_flush (&err) == 0)
-          last_sync = relocate_now ();
+          last_sync = state_now ();
       }
       pthread_mutex_lock (&lock);
     }
@@ -293,7 +349,7 @@ bgcopy_current_rate (void)
 }
 
 int
-bgcopy_start (void)
+bgcopy_start_threads (void)
 {
   unsigned i;
   int e;

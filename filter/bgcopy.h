@@ -1,15 +1,20 @@
-/* nbdkit-relocate: the background copy.
+/* nbdkit-relocate: the background copy, and the relocation's progress
+ * from standby to complete.
  *
- * Worker threads claim runs of absent blocks and fetch them; a
- * coordinator thread makes progress durable every few seconds and
- * completes the relocation when the last block is present.
+ * Worker threads claim runs of absent blocks and fetch them; a mapper
+ * asks the source which ranges are zero; a coordinator makes progress
+ * durable every few seconds and completes the relocation when the last
+ * block is present.
+ *
+ * Middle layer: over blk.c, upstream.c, bitmap.c, state.c and params.c;
+ * called by the callbacks and control.
  */
 
 #ifndef RELOCATE_BGCOPY_H
 #define RELOCATE_BGCOPY_H
 
-/* Start the coordinator and the workers (in .after_fork). */
-int bgcopy_start (void);
+/* Start the coordinator, the mapper and the workers (in .after_fork). */
+int bgcopy_start_threads (void);
 
 /* Stop every thread (in .cleanup). */
 void bgcopy_stop (void);
@@ -19,5 +24,11 @@ double bgcopy_current_rate (void);
 
 /* Wake the threads: the state, pause or rate changed. */
 void bgcopy_kick (void);
+
+/* Leave standby (the first write, relocatectl start, or
+ * relocate-start=immediate): persist that the relocation started, then
+ * start storing and copying.  0 if it has started already.
+ */
+int bgcopy_start_relocation (const char *why);
 
 #endif /* RELOCATE_BGCOPY_H */

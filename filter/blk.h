@@ -6,6 +6,9 @@
  * of a busy block writes it, so a fetch can never overwrite a newer
  * client write, and two readers of one absent block fetch it once.
  * Blocks go absent -> busy -> present, or back to absent on failure.
+ *
+ * Middle layer: over upstream.c (fetches), bitmap.c, state.c and
+ * params.c; called by the callbacks, the background copy and control.
  */
 
 #ifndef RELOCATE_BLK_H
@@ -16,8 +19,18 @@
 
 #include <nbdkit-filter.h>
 
-/* Open the local file (the bitmap is already loaded). */
-int blk_open (const char *file);
+/* Before nbdkit forks: check relocate-file and relocate-bitmap, and
+ * load the bitmap of a relocation being resumed.  Changes no file.
+ */
+int blk_check_files (void);
+
+/* Is this a fresh relocation (no bitmap file yet)? */
+bool blk_is_new (void);
+
+/* Open the relocation's files, creating those of a fresh one for an
+ * export of new_size bytes (ignored when resuming).
+ */
+int blk_open (uint64_t new_size);
 void blk_close (void);
 
 extern uint32_t blk_size;     /* bytes per block */

@@ -17,7 +17,8 @@
 #include <glib.h>
 #include <nbdkit-filter.h>
 
-#include "relocate.h"
+#include "params.h"
+#include "state.h"
 #include "blk.h"
 #include "bgcopy.h"
 #include "control.h"
@@ -155,10 +156,10 @@ static void
 reply_status (GString *out)
 {
   char err[256];
-  enum reloc_state state = relocate_state ();
-  g_autofree char *failure = relocate_failure ();
+  enum reloc_state state = state_get ();
+  g_autofree char *failure = state_failure ();
   uint64_t present = blk_present_bytes ();
-  double elapsed = relocate_elapsed (), current = bgcopy_current_rate ();
+  double elapsed = state_elapsed (), current = bgcopy_current_rate ();
   /* What this run made present: fetched, skipped as zero or written. */
   double gained = STAT_GET (fetched_demand) + STAT_GET (fetched_background) +
     STAT_GET (skipped_zero);
@@ -188,10 +189,10 @@ reply_status (GString *out)
   g_string_append (out, ",\"failure\":");
   control_json_string (out, failure ? failure : "");
   g_string_append_printf (out, ",\"paused\":%s",
-                          relocate_paused () ? "true" : "false");
+                          state_paused () ? "true" : "false");
   g_string_append_printf (out, ",\"background\":%s",
                           cfg.background ? "true" : "false");
-  g_string_append_printf (out, ",\"rate\":%" PRIu64, relocate_rate ());
+  g_string_append_printf (out, ",\"rate\":%" PRIu64, state_rate ());
   g_string_append_printf (out, ",\"upstream_connected\":%s",
                           upstream_connected () ? "true" : "false");
   g_string_append (out, ",\"last_error\":");
@@ -219,15 +220,15 @@ execute (const char *line, GString *out)
     reply_status (out);
     return;
   case CMD_START:
-    if (relocate_start ("relocatectl start") == -1) {
+    if (bgcopy_start_relocation ("relocatectl start") == -1) {
       g_string_append (out, "{\"ok\":false,\"error\":\"cannot start: "
                        "see the nbdkit log\"}");
       return;
     }
     break;
-  case CMD_PAUSE: relocate_set_paused (true); break;
-  case CMD_RESUME: relocate_set_paused (false); break;
-  case CMD_RATE: relocate_set_rate (cmd.rate); break;
+  case CMD_PAUSE: state_set_paused (true); bgcopy_kick (); break;
+  case CMD_RESUME: state_set_paused (false); bgcopy_kick (); break;
+  case CMD_RATE: state_set_rate (cmd.rate); bgcopy_kick (); break;
   case CMD_RECONNECT: upstream_reconnect (); break;
   }
   g_string_append (out, "{\"ok\":true}");

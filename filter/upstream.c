@@ -11,7 +11,8 @@
 #include <glib.h>
 #include <nbdkit-filter.h>
 
-#include "relocate.h"
+#include "params.h"
+#include "state.h"
 #include "upstream.h"
 
 #define MAX_REQUEST (32 * 1024 * 1024)
@@ -166,7 +167,7 @@ supervisor (void *arg)
                       "present blocks", size, expected_size);
         set_error ("source size changed to %" PRIi64 " (expected %" PRIu64 ")",
                    size, expected_size);
-        relocate_set_failure (last_error);
+        state_set_failure (last_error);
         n = NULL;
       }
       else
@@ -175,7 +176,7 @@ supervisor (void *arg)
         next = n;
         backoff = 1;
         last_error[0] = '\0';
-        relocate_set_failure (NULL);
+        state_set_failure (NULL);
         nbdkit_debug ("relocate: upstream connected");
         pthread_cond_broadcast (&cond);
       }

@@ -1,0 +1,133 @@
+/* nbdkit-relocate: the relocation's state, shared by every file. */
+
+#include <config.h>
+
+#include <time.h>
+
+#include <glib.h>
+
+#include "state.h"
+
+struct stats stats;
+
+static GMutex lock;
+static enum reloc_state state;
+static bool paused;
+static double started_at, completed_at;   /* monotonic seconds */
+static char *failure;
+
+static uint64_t rate;                     /* atomic */
+static unsigned client_inflight;          /* atomic */
+static double client_last;                /* atomic: when the last one ended */
+
+double
+state_now (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+enum reloc_state
+state_get (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  return state;
+}
+
+void
+state_set (enum reloc_state s)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  if (s == STATE_RELOCATING && state != STATE_RELOCATING)
+    started_at = state_now ();
+  if (s == STATE_COMPLETE && state == STATE_RELOCATING)
+    completed_at = state_now ();
+  state = s;
+}
+
+double
+state_elapsed (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  switch (state) {
+  case STATE_RELOCATING: return state_now () - started_at;
+  case STATE_COMPLETE: return completed_at ? completed_at - started_at : 0;
+  default: return 0;
+  }
+}
+
+void
+state_set_paused (bool p)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  paused = p;
+}
+
+bool
+state_paused (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  return paused;
+}
+
+void
+state_set_rate (uint64_t r)
+{
+  __atomic_store_n (&rate, r, __ATOMIC_RELAXED);
+}
+
+uint64_t
+state_rate (void)
+{
+  return __atomic_load_n (&rate, __ATOMIC_RELAXED);
+}
+
+void
+state_set_failure (const char *why)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  g_free (failure);
+  failure = g_strdup (why);
+}
+
+char *
+state_failure (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  return g_strdup (failure);
+}
+
+void
+state_client_begin (void)
+{
+  __atomic_add_fetch (&client_inflight, 1, __ATOMIC_RELAXED);
+}
+
+void
+state_client_end (void)
+{
+  double t = state_now ();
+
+  __atomic_store (&client_last, &t, __ATOMIC_RELAXED);
+  __atomic_sub_fetch (&client_inflight, 1, __ATOMIC_RELAXED);
+}
+
+bool
+state_client_active (void)
+{
+  double last;
+
+  if (__atomic_load_n (&client_inflight, __ATOMIC_RELAXED) > 0)
+    return true;
+  __atomic_load (&client_last, &last, __ATOMIC_RELAXED);
+  return state_now () - last < CLIENT_QUIET_SECONDS;
+}
