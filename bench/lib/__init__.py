@@ -1,0 +1,1 @@
+"""Helpers shared by bench.py and the scenarios (processes, servers, images, copies, fio)."""

@@ -1,0 +1,131 @@
+"""The run's settings and temp dir (Bench), and the nbdkit servers the scenarios start: source, relocate."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+
+from .common import GiB, KiB, MiB, TOP
+from .images import make_dense
+from .procs import Procs, ctl_status
+
+PROFILES = {
+    "full": dict(dense=2 * GiB, sparse=16 * GiB, sparse_data=1 * GiB,
+                 seq=1 * GiB, region=256 * MiB, fio_runtime=10,
+                 scan_default_cap=30, reps=3),
+    "quick": dict(dense=256 * MiB, sparse=2 * GiB, sparse_data=128 * MiB,
+                  seq=128 * MiB, region=32 * MiB, fio_runtime=3,
+                  scan_default_cap=8, reps=1),
+}
+
+
+def parse_stats(path):
+    """Bytes and requests read, from nbdkit-stats-filter's statsfile."""
+    units = {"B": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB, "TiB": 1 << 40}
+    out = {"read_bytes": 0, "read_ops": 0}
+    try:
+        with open(path) as f:
+            for line in f:
+                m = re.match(r"read: (\d+) ops, [\d.]+ s, ([\d.]+) (\w+)", line)
+                if m:
+                    out = {"read_ops": int(m.group(1)),
+                           "read_bytes": int(float(m.group(2))
+                                             * units[m.group(3)])}
+    except OSError:
+        out = {"read_bytes": None, "read_ops": None}
+    return out
+
+
+class Bench:
+    """What every scenario works with: the profile, the temp dir, the
+    processes started, snapshots of the filter and relocatectl."""
+
+    def __init__(self, args):
+        self.args = args
+        self.prof = dict(PROFILES["quick" if args.quick else "full"])
+        self.reps = args.reps or self.prof["reps"]
+        self.tmp = tempfile.mkdtemp(prefix="relocate-bench.",
+                                    dir=args.tmpdir)
+        self.procs = Procs(self.tmp)
+        self.relocate_args = shlex.split(os.environ.get("RELOCATE_ARGS", ""))
+        self.wan_args = shlex.split(os.environ.get("WAN_ARGS",
+                                                   "rdelay=20ms rate=1G"))
+        self.rtt = self._rdelay_seconds()
+        # A snapshot of the filter and relocatectl: another build may
+        # replace them during the run.
+        self.filter = os.path.join(self.tmp, "nbdkit-relocate-filter.so")
+        shutil.copy(os.environ["FILTER"], self.filter)
+        self.ctl = os.path.join(self.tmp, "relocatectl")
+        shutil.copy(os.environ["RELOCATECTL"], self.ctl)
+        self.qsd = shutil.which("qemu-storage-daemon")
+        # what is measured, as of the start
+        self.git = subprocess.run(["git", "describe", "--always", "--dirty"],
+                                  capture_output=True, text=True,
+                                  cwd=TOP).stdout.strip() or None
+        self.dense_img = None
+
+    def _rdelay_seconds(self):
+        for a in self.wan_args:
+            m = re.match(r"(?:r?delay)=([\d.]+)(ms|us|s)?$", a)
+            if m:
+                scale = {"ms": 1e-3, "us": 1e-6, "s": 1, None: 1}[m.group(2)]
+                return float(m.group(1)) * scale
+        return None
+
+    def sock(self, name):
+        return os.path.join(self.tmp, name + ".sock")
+
+    def uri(self, name):
+        return "nbd+unix:///?socket=" + self.sock(name)
+
+    def need_dense(self):
+        """The dense image, made on first use (scenario 1 or any later
+        one that runs without it)."""
+        if not self.dense_img:
+            self.dense_img = os.path.join(self.tmp, "dense.img")
+            make_dense(self.dense_img, self.prof["dense"])
+        return self.dense_img
+
+    # -------------------------------------------------- servers
+
+    def nbdkit(self, name, args, env=None, extra_wait=()):
+        argv = ["nbdkit", "-f", "--log=stderr", "-U", self.sock(name),
+                "-P", self.procs.path(name, "pid")] + args
+        return self.procs.start(name, argv, env=env,
+                                wait_paths=[self.sock(name)] + list(extra_wait),
+                                pidfile=self.procs.path(name, "pid"))
+
+    def start_source(self, img, net, stats=True):
+        """The old host: nbdkit file IMG, behind the WAN model if wan.
+        Always the same socket: the relocate bitmap records it."""
+        filters = ["--filter=stats"] if stats else []
+        params = ["statsfile=" + self.procs.path("src", "stats")] if stats else []
+        if net == "wan":
+            filters += ["--filter=delay", "--filter=rate"]
+            params += self.wan_args
+        if stats and os.path.exists(self.procs.path("src", "stats")):
+            os.unlink(self.procs.path("src", "stats"))
+        self.nbdkit("src", filters + ["file", img] + params)
+
+    def stop_source(self):
+        """Stop the source; its read statistics (written at exit)."""
+        self.procs.stop("src")
+        return parse_stats(self.procs.path("src", "stats"))
+
+    def start_dest(self, name, local, start="immediate", extra=()):
+        ctl = self.procs.path(name, "ctl")
+        args = ["--filter=" + self.filter, "nbd", "socket=" + self.sock("src"),
+                "relocate-file=" + local, "relocate-control=" + ctl]
+        if start:
+            args.append("relocate-start=" + start)
+        args += list(extra) + self.relocate_args
+        return self.nbdkit(name, args, extra_wait=[ctl])
+
+    def relocatectl(self, name, *cmd):
+        subprocess.run([self.ctl, cmd[0], self.procs.path(name, "ctl")]
+                       + list(cmd[1:]), check=True, stdout=subprocess.DEVNULL)
+
+    def status(self, name):
+        return ctl_status(self.procs.path(name, "ctl"))
