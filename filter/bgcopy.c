@@ -315,6 +315,7 @@ coordinator (void *arg)
     nsamples = MIN (nsamples + 1, SAMPLES);
     if (state_get () == STATE_RELOCATING) {
       pthread_mutex_unlock (&lock);
+      blk_save_counters ();
       if (blk_present_blocks () == blk_nblocks)
         complete ();
       else if (state_now () - last_sync >= cfg.sync_interval) {

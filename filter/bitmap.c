@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,10 +16,14 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
+#include "vbitmap.h"
 
-/* On-disk header layout (all integers little-endian). */
+/* On-disk header layout (all integers little-endian).  Version 1 had
+ * no id: its checksum is at OFF_ID, and it is read as an id of zeroes
+ * (a new id is written at the next flush).
+ */
 #define MAGIC "NBDKRELO"
-#define FORMAT_VERSION 1
+#define FORMAT_VERSION 2
 #define OFF_MAGIC      0    /* char[8] */
 #define OFF_VERSION    8    /* u32 */
 #define OFF_FLAGS     12    /* u32 */
@@ -26,8 +31,19 @@
 #define OFF_BLKSIZE   24    /* u32 */
 #define OFF_NBLOCKS   32    /* u64 */
 #define OFF_SOURCE    40    /* char[256], NUL-terminated */
-#define OFF_CHECKSUM 296    /* SHA-256 of bytes [0, OFF_CHECKSUM) */
-#define HEADER_USED  328    /* everything fits in the first sector */
+#define OFF_ID       296    /* u8[16], random, made with the file */
+#define OFF_CHECKSUM 312    /* SHA-256 of bytes [0, OFF_CHECKSUM) */
+#define HEADER_USED  344    /* everything fits in the first sector */
+#define HEADER_SECTOR 512   /* and only that is rewritten */
+
+/* The counters (state.h) live in two records, each a sector of its
+ * own, written alternately: a torn write spoils one, never both, and
+ * never the header above.  Version 1 files have zeroes there.
+ */
+#define OFF_COUNTERS 1024   /* two records of COUNTERS_SIZE */
+#define COUNTERS_SIZE 512
+#define CMAGIC "NBDKRCNT"   /* char[8], then u64 seq, the counters, SHA-256 */
+#define CRECORD_USED (16 + 8 * STATE_NCOUNTERS)
 
 #define PAGE 4096           /* unit of dirty tracking in the bits */
 
@@ -39,6 +55,10 @@ static uint64_t bits_bytes;         /* bitmap_bits_size (nblocks) */
 static uint64_t present;            /* number of bits set */
 static unsigned char *dirty;        /* one byte per PAGE of bits */
 static size_t npages;
+static char *path_volatile;         /* path.volatile */
+static bool have_volatile;          /* vbitmap is open */
+static uint64_t counters[STATE_NCOUNTERS];
+static uint64_t counters_seq;       /* of the newest counters record */
 
 static void
 put32 (unsigned char *p, uint32_t v)
@@ -70,14 +90,15 @@ get64 (const unsigned char *p)
   return GUINT64_FROM_LE (v);
 }
 
+/* SHA-256 of buf[0, len) into out. */
 static void
-header_checksum (const unsigned char *buf, unsigned char out[32])
+checksum (const unsigned char *buf, size_t len, unsigned char out[32])
 {
   GChecksum *c = g_checksum_new (G_CHECKSUM_SHA256);
-  gsize len = 32;
+  gsize outlen = 32;
 
-  g_checksum_update (c, buf, OFF_CHECKSUM);
-  g_checksum_get_digest (c, out, &len);
+  g_checksum_update (c, buf, len);
+  g_checksum_get_digest (c, out, &outlen);
   g_checksum_free (c);
 }
 
@@ -98,7 +119,8 @@ bitmap_encode_header (const struct bitmap_info *info, unsigned char *buf)
   put32 (buf + OFF_BLKSIZE, info->block_size);
   put64 (buf + OFF_NBLOCKS, info->nblocks);
   g_strlcpy ((char *) buf + OFF_SOURCE, info->source, sizeof info->source);
-  header_checksum (buf, buf + OFF_CHECKSUM);
+  memcpy (buf + OFF_ID, info->id, sizeof info->id);
+  checksum (buf, OFF_CHECKSUM, buf + OFF_CHECKSUM);
 }
 
 int
@@ -106,20 +128,21 @@ bitmap_parse_header (const unsigned char *buf, struct bitmap_info *info,
                      char *why, size_t whylen)
 {
   unsigned char sum[32];
-  uint32_t version, bs;
+  uint32_t version, bs, sum_at;
 
   if (memcmp (buf + OFF_MAGIC, MAGIC, 8) != 0) {
     snprintf (why, whylen, "not a relocate bitmap (bad magic)");
     return -1;
   }
   version = get32 (buf + OFF_VERSION);
-  if (version != FORMAT_VERSION) {
+  if (version != 1 && version != FORMAT_VERSION) {
     snprintf (why, whylen, "bitmap version %u is not supported (want %u)",
               version, (unsigned) FORMAT_VERSION);
     return -1;
   }
-  header_checksum (buf, sum);
-  if (memcmp (sum, buf + OFF_CHECKSUM, 32) != 0) {
+  sum_at = version == 1 ? OFF_ID : OFF_CHECKSUM;
+  checksum (buf, sum_at, sum);
+  if (memcmp (sum, buf + sum_at, 32) != 0) {
     snprintf (why, whylen, "header checksum mismatch (corrupt)");
     return -1;
   }
@@ -140,6 +163,9 @@ bitmap_parse_header (const unsigned char *buf, struct bitmap_info *info,
     return -1;
   }
   memcpy (info->source, buf + OFF_SOURCE, sizeof info->source);
+  memset (info->id, 0, sizeof info->id);
+  if (version > 1)
+    memcpy (info->id, buf + OFF_ID, sizeof info->id);
   return 0;
 }
 
@@ -205,13 +231,24 @@ fsync_parent_dir (const char *path)
 }
 
 int
-bitmap_create (const char *path, const struct bitmap_info *info)
+bitmap_create (const char *path, const struct bitmap_info *info_in)
 {
   g_autofree char *tmp = g_strdup_printf ("%s.new", path);
+  g_autofree char *vpath = g_strdup_printf ("%s.volatile", path);
+  struct bitmap_info info = *info_in;
   unsigned char buf[BITMAP_HEADER_SIZE];
   int f;
 
-  bitmap_encode_header (info, buf);
+  if (getrandom (info.id, sizeof info.id, 0) != sizeof info.id) {
+    nbdkit_error ("relocate-bitmap %s: getrandom: %m", path);
+    return -1;
+  }
+  /* A volatile bitmap left by an earlier relocation never applies. */
+  if (unlink (vpath) == -1 && errno != ENOENT) {
+    nbdkit_error ("relocate: %s: %m", vpath);
+    return -1;
+  }
+  bitmap_encode_header (&info, buf);
   f = open (tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (f == -1) {
     nbdkit_error ("relocate-bitmap %s: create: %m", tmp);
@@ -219,7 +256,7 @@ bitmap_create (const char *path, const struct bitmap_info *info)
   }
   if (pwrite (f, buf, sizeof buf, 0) != sizeof buf ||
       (errno = posix_fallocate (f, 0, BITMAP_HEADER_SIZE +
-                                bitmap_bits_size (info->nblocks))) != 0 ||
+                                bitmap_bits_size (info.nblocks))) != 0 ||
       fsync (f) == -1) {
     nbdkit_error ("relocate-bitmap %s: write: %m", tmp);
     close (f);
@@ -233,6 +270,45 @@ bitmap_create (const char *path, const struct bitmap_info *info)
     return -1;
   }
   return fsync_parent_dir (path);
+}
+
+/* Encode counter record number seq into buf (COUNTERS_SIZE bytes). */
+static void
+encode_counters (uint64_t seq, const uint64_t c[STATE_NCOUNTERS],
+                 unsigned char *buf)
+{
+  size_t i;
+
+  memset (buf, 0, COUNTERS_SIZE);
+  memcpy (buf, CMAGIC, 8);
+  put64 (buf + 8, seq);
+  for (i = 0; i < STATE_NCOUNTERS; ++i)
+    put64 (buf + 16 + 8 * i, c[i]);
+  checksum (buf, CRECORD_USED, buf + CRECORD_USED);
+}
+
+/* Take the newest valid counters record; none: zeroes. */
+static void
+load_counters (void)
+{
+  unsigned char buf[COUNTERS_SIZE], sum[32];
+  uint64_t seq;
+  size_t r, i;
+
+  memset (counters, 0, sizeof counters);
+  counters_seq = 0;
+  for (r = 0; r < 2; ++r) {
+    if (pread (fd, buf, COUNTERS_SIZE, OFF_COUNTERS + r * COUNTERS_SIZE)
+        != COUNTERS_SIZE || memcmp (buf, CMAGIC, 8) != 0)
+      continue;
+    checksum (buf, CRECORD_USED, sum);
+    seq = get64 (buf + 8);
+    if (memcmp (sum, buf + CRECORD_USED, 32) != 0 || seq < counters_seq)
+      continue;
+    counters_seq = seq;
+    for (i = 0; i < STATE_NCOUNTERS; ++i)
+      counters[i] = get64 (buf + 16 + 8 * i);
+  }
 }
 
 int
@@ -271,7 +347,57 @@ bitmap_load (const char *path)
     present += __builtin_popcountll (bits[i]);
   }
   header_dirty = false;
+  load_counters ();
+  path_volatile = g_strdup_printf ("%s.volatile", path);
   return 0;
+}
+
+/* Add the blocks of w to word i of the bits, to be written at the next
+ * flush.
+ */
+static void
+merge_word (uint64_t i, uint64_t w)
+{
+  if ((w & ~bits[i]) == 0)
+    return;
+  bits[i] |= w;
+  dirty[i * 8 / PAGE] = 1;
+}
+
+int64_t
+bitmap_attach_volatile (void)
+{
+  uint64_t i, before = present;
+  int r;
+
+  if (header.flags & BITMAP_FLAG_COMPLETE)
+    return 0;                   /* nothing can be lost any more */
+  /* A version 1 file has no id: give it one, written at the next flush. */
+  if (memcmp (header.id, (unsigned char[16]) { 0 }, 16) == 0) {
+    if (getrandom (header.id, sizeof header.id, 0) != sizeof header.id) {
+      nbdkit_error ("relocate-bitmap: getrandom: %m");
+      return -1;
+    }
+    header_dirty = true;
+  }
+  r = vbitmap_open (path_volatile, header.id, header.nblocks);
+  if (r == -1)
+    return -1;
+  have_volatile = true;
+  for (i = 0; i < bits_bytes / 8; ++i) {
+    if (r == 1)
+      merge_word (i, vbitmap_word (i));
+    vbitmap_set_word (i, bits[i]);
+  }
+  /* Clear bits past the last block again. */
+  if (header.nblocks % 64)
+    bits[bits_bytes / 8 - 1] &= (UINT64_C (1) << (header.nblocks % 64)) - 1;
+  present = 0;
+  for (i = 0; i < bits_bytes / 8; ++i)
+    present += __builtin_popcountll (bits[i]);
+  if (r == 1)
+    vbitmap_counters (counters);
+  return present - before;
 }
 
 void
@@ -280,10 +406,28 @@ bitmap_unload (void)
   if (fd >= 0)
     close (fd);
   fd = -1;
+  if (have_volatile)
+    vbitmap_close ();
+  have_volatile = false;
   free (bits);
   free (dirty);
+  g_free (path_volatile);
   bits = NULL;
   dirty = NULL;
+  path_volatile = NULL;
+}
+
+void
+bitmap_counters (uint64_t c[STATE_NCOUNTERS])
+{
+  memcpy (c, counters, sizeof counters);
+}
+
+void
+bitmap_save_counters (const uint64_t c[STATE_NCOUNTERS])
+{
+  if (have_volatile)
+    vbitmap_save_counters (c);
 }
 
 const struct bitmap_info *
@@ -308,6 +452,8 @@ bitmap_set (uint64_t blk)
   bits[blk / 64] |= mask;
   present++;
   dirty[blk / 8 / PAGE] = 1;
+  if (have_volatile)
+    vbitmap_set (blk);
 }
 
 uint64_t
@@ -341,14 +487,17 @@ bitmap_next_absent (uint64_t from)
 
 struct bitmap_snapshot {
   bool header;                  /* write the header too */
+  bool complete;                /* the header says complete */
   unsigned char hdr[BITMAP_HEADER_SIZE];
+  uint64_t counters_seq;
+  unsigned char counters[COUNTERS_SIZE];
   size_t n;                     /* pages in the snapshot */
   size_t *page;                 /* their indexes */
   unsigned char *data;          /* n * PAGE bytes, little-endian words */
 };
 
 struct bitmap_snapshot *
-bitmap_take_snapshot (void)
+bitmap_take_snapshot (const uint64_t c[STATE_NCOUNTERS])
 {
   struct bitmap_snapshot *s = calloc (1, sizeof *s);
   size_t i, n = 0, j;
@@ -375,8 +524,16 @@ bitmap_take_snapshot (void)
   }
   if (header_dirty) {
     s->header = true;
+    s->complete = header.flags & BITMAP_FLAG_COMPLETE;
     bitmap_encode_header (&header, s->hdr);
     header_dirty = false;
+  }
+  /* The counters ride along when there is something to write anyway:
+   * a flush with nothing new stays one fdatasync of the local file.
+   */
+  if (s->n || s->header) {
+    s->counters_seq = ++counters_seq;
+    encode_counters (s->counters_seq, c, s->counters);
   }
   return s;
 }
@@ -393,16 +550,24 @@ bitmap_write_snapshot (struct bitmap_snapshot *s)
         != (ssize_t) len)
       goto err;
   }
+  if (s->counters_seq &&
+      pwrite (fd, s->counters, COUNTERS_SIZE,
+              OFF_COUNTERS + (s->counters_seq % 2) * COUNTERS_SIZE)
+      != COUNTERS_SIZE)
+    goto err;
   /* The header goes last: a complete flag must never be durable
    * before the bits it summarises.
    */
   if (s->n && s->header && fdatasync (fd) == -1)
     goto err;
-  if (s->header &&
-      pwrite (fd, s->hdr, BITMAP_HEADER_SIZE, 0) != BITMAP_HEADER_SIZE)
+  /* The header's first sector only: the counters records follow. */
+  if (s->header && pwrite (fd, s->hdr, HEADER_SECTOR, 0) != HEADER_SECTOR)
     goto err;
-  if ((s->n || s->header) && fdatasync (fd) == -1)
+  if (s->counters_seq && fdatasync (fd) == -1)
     goto err;
+  /* Complete: nothing can be lost now, the volatile bitmap can go. */
+  if (s->complete && path_volatile)
+    unlink (path_volatile);
   return 0;
 
  err:

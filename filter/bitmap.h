@@ -5,6 +5,11 @@
  * 64 bit words.  Bits only ever go from 0 to 1, so a torn write of a
  * bitmap page can lose presence but never invent it.
  *
+ * Every bit set in memory is also set in the volatile bitmap
+ * (vbitmap.h) before the caller answers anyone, so that a crash of the
+ * process loses nothing that reached the local file.  The counters of
+ * state.h are kept in the file too.
+ *
  * None of these functions lock: the caller (blk.c) holds its lock
  * around every call that touches the in-memory bits.
  */
@@ -15,6 +20,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stddef.h>
+
+#include "state.h"
 
 #define BITMAP_HEADER_SIZE 4096
 #define BITMAP_FLAG_STARTED  1   /* the relocation has left standby */
@@ -27,6 +34,7 @@ struct bitmap_info {
   uint32_t block_size;
   uint64_t nblocks;
   char source[256];             /* identity of the source */
+  unsigned char id[16];         /* random: which relocation this is */
 };
 
 /* Parse and check a header (BITMAP_HEADER_SIZE bytes); on failure
@@ -48,18 +56,30 @@ uint64_t bitmap_bits_size (uint64_t nblocks);
 int bitmap_read_info (const char *path, struct bitmap_info *info);
 
 /* Create a new, all-absent bitmap file atomically (write a temporary
- * file, fsync, rename, fsync the directory).
+ * file, fsync, rename, fsync the directory), with a new random id.
  */
 int bitmap_create (const char *path, const struct bitmap_info *info);
 
 /* fsync the directory holding path, so a new name in it is durable. */
 int fsync_parent_dir (const char *path);
 
-/* Open the bitmap file and load its bits into memory. */
+/* Open the bitmap file and load its bits into memory.  Reads only. */
 int bitmap_load (const char *path);
 
-/* Close the file and free the bits. */
+/* Open the volatile bitmap beside the loaded one (path.volatile) and
+ * take the bits and counters that a crashed run left there, if they
+ * are from this boot.  Returns how many blocks it added, or -1.
+ */
+int64_t bitmap_attach_volatile (void);
+
+/* Close the files and free the bits. */
 void bitmap_unload (void);
+
+/* The counters as loaded (from the volatile bitmap if it was trusted,
+ * else from the file), and saving them into the volatile bitmap.
+ */
+void bitmap_counters (uint64_t c[STATE_NCOUNTERS]);
+void bitmap_save_counters (const uint64_t c[STATE_NCOUNTERS]);
 
 /* The header as loaded (flags reflect in-memory changes). */
 const struct bitmap_info *bitmap_info (void);
@@ -76,7 +96,7 @@ uint64_t bitmap_next_absent (uint64_t from);
  * later by bitmap_write_snapshot, after the data it covers is durable.
  */
 struct bitmap_snapshot;
-struct bitmap_snapshot *bitmap_take_snapshot (void);
+struct bitmap_snapshot *bitmap_take_snapshot (const uint64_t c[STATE_NCOUNTERS]);
 int bitmap_write_snapshot (struct bitmap_snapshot *snap); /* write + fdatasync */
 void bitmap_restore_snapshot (struct bitmap_snapshot *snap); /* re-dirty after a failure */
 void bitmap_free_snapshot (struct bitmap_snapshot *snap);

@@ -189,8 +189,19 @@ blk_open (uint64_t new_size)
   const struct bitmap_info *info;
   struct stat st;
 
+  uint64_t counters[STATE_NCOUNTERS];
+  int64_t recovered;
+
   if (fresh && create_bitmap (new_size) == -1)
     return -1;
+  recovered = bitmap_attach_volatile ();
+  if (recovered == -1)
+    return -1;
+  if (recovered > 0)
+    nbdkit_debug ("relocate: %" PRIi64 " blocks that reached the local file "
+                  "before the last run ended are present", recovered);
+  bitmap_counters (counters);
+  state_restore_counters (counters);
   info = bitmap_info ();
   blk_size = info->block_size;
   blk_nblocks = info->nblocks;
@@ -206,9 +217,12 @@ blk_open (uint64_t new_size)
    * which stays the guest's.  Not every file system has O_DIRECT.
    */
   direct_fd = cfg.direct ? open (cfg.file, O_WRONLY | O_DIRECT | O_CLOEXEC) : -1;
+  /* The size is durable before any data goes in: a power loss must
+   * not leave a file shorter than its bitmap says.
+   */
   if (fstat (fd, &st) == -1 ||
       ((uint64_t) st.st_size != blk_export_size &&
-       ftruncate (fd, blk_export_size) == -1)) {
+       (ftruncate (fd, blk_export_size) == -1 || fdatasync (fd) == -1))) {
     nbdkit_error ("relocate-file %s: cannot size to %" PRIu64 ": %m",
                   cfg.file, blk_export_size);
     return -1;
@@ -750,6 +764,7 @@ blk_trim (uint32_t count, uint64_t offset, bool fua, int *err)
 int
 blk_flush (int *err)
 {
+  uint64_t counters[STATE_NCOUNTERS];
   struct bitmap_snapshot *snap;
   int r = 0;
 
@@ -761,8 +776,9 @@ blk_flush (int *err)
     *err = EIO;
     return -1;
   }
+  state_save_counters (counters);
   pthread_mutex_lock (&lock);
-  snap = bitmap_take_snapshot ();
+  snap = bitmap_take_snapshot (counters);
   pthread_mutex_unlock (&lock);
   if (snap == NULL) {
     *err = ENOMEM;
@@ -949,6 +965,17 @@ blk_present_bytes (void)
     r -= (uint64_t) blk_nblocks * blk_size - blk_export_size;
   pthread_mutex_unlock (&lock);
   return r;
+}
+
+void
+blk_save_counters (void)
+{
+  uint64_t counters[STATE_NCOUNTERS];
+
+  state_save_counters (counters);
+  pthread_mutex_lock (&lock);
+  bitmap_save_counters (counters);
+  pthread_mutex_unlock (&lock);
 }
 
 uint64_t

@@ -87,6 +87,11 @@ void blk_release (uint64_t first, uint64_t n);
 uint64_t blk_present_blocks (void);
 uint64_t blk_present_bytes (void);
 
+/* Keep the counters where a crash of the process does not lose them
+ * (the volatile bitmap); a flush writes them to the bitmap file.
+ */
+void blk_save_counters (void);
+
 /* Where the client last fetched on demand: the background copy
  * continues from there (the guest tends to read on).
  */

@@ -122,8 +122,10 @@ relocate_cleanup (nbdkit_backend *backend)
   control_stop ();
   upstream_stop ();
   bgcopy_stop ();
-  if (state_get () != STATE_STANDBY)
+  if (state_get () != STATE_STANDBY) {
+    blk_save_counters ();
     blk_flush (&err);          /* SIGTERM: leave the bitmap durable */
+  }
   blk_close ();
   bitmap_unload ();
 }

@@ -14,6 +14,7 @@ static GMutex lock;
 static enum reloc_state state;
 static bool paused;
 static double started_at, completed_at;   /* monotonic seconds */
+static double elapsed_before;             /* relocating, in earlier runs */
 static char *failure;
 
 static uint64_t rate;                     /* atomic */
@@ -55,10 +56,35 @@ state_elapsed (void)
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
 
   switch (state) {
-  case STATE_RELOCATING: return state_now () - started_at;
-  case STATE_COMPLETE: return completed_at ? completed_at - started_at : 0;
-  default: return 0;
+  case STATE_RELOCATING:
+    return elapsed_before + state_now () - started_at;
+  case STATE_COMPLETE:
+    return elapsed_before + (completed_at ? completed_at - started_at : 0);
+  default:
+    return 0;
   }
+}
+
+void
+state_save_counters (uint64_t c[STATE_NCOUNTERS])
+{
+  c[0] = STAT_GET (fetched_demand);
+  c[1] = STAT_GET (fetched_background);
+  c[2] = STAT_GET (skipped_zero);
+  c[3] = STAT_GET (written);
+  c[4] = state_elapsed () * 1000;
+}
+
+void
+state_restore_counters (const uint64_t c[STATE_NCOUNTERS])
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  stats.fetched_demand = c[0];
+  stats.fetched_background = c[1];
+  stats.skipped_zero = c[2];
+  stats.written = c[3];
+  elapsed_before = c[4] / 1000.0;
 }
 
 void

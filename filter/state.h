@@ -31,6 +31,14 @@ struct stats {
 };
 extern struct stats stats;
 
+/* The counters and the seconds spent relocating, as the bitmap files
+ * carry them across restarts: fetched_demand, fetched_background,
+ * skipped_zero, written, elapsed milliseconds.
+ */
+#define STATE_NCOUNTERS 5
+void state_save_counters (uint64_t c[STATE_NCOUNTERS]);
+void state_restore_counters (const uint64_t c[STATE_NCOUNTERS]);
+
 #define STAT_ADD(field, n) __atomic_add_fetch (&stats.field, (n), __ATOMIC_RELAXED)
 #define STAT_GET(field) __atomic_load_n (&stats.field, __ATOMIC_RELAXED)
 
