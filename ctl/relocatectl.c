@@ -39,34 +39,39 @@ static const GOptionEntry options[] = {
 };
 
 /* Send one request, return the reply line (without newline) or NULL
- * after printing why.
+ * after printing why.  If gone is not NULL and the socket does not
+ * answer (it is missing, refuses the connection, or the connection
+ * drops), return the reason in *gone instead of printing it.
  */
 static char *
-request (const char *path, const char *line)
+request (const char *path, const char *line, char **gone)
 {
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
   GString *reply = g_string_new (NULL);
   char buf[4096];
+  char *why;
+  bool down = false;            /* the socket does not answer */
   ssize_t r;
   int fd;
 
   if (strlen (path) >= sizeof addr.sun_path) {
-    fprintf (stderr, "relocatectl: %s: socket path too long\n", path);
+    why = g_strdup ("socket path too long");
     goto fail;
   }
   strcpy (addr.sun_path, path);
   fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd == -1 ||
       connect (fd, (struct sockaddr *) &addr, sizeof addr) == -1) {
-    fprintf (stderr, "relocatectl: %s: cannot connect: %s\n",
-             path, g_strerror (errno));
+    why = g_strdup_printf ("cannot connect: %s", g_strerror (errno));
+    down = fd >= 0 && (errno == ENOENT || errno == ECONNREFUSED);
     if (fd >= 0)
       close (fd);
     goto fail;
   }
   if (send (fd, line, strlen (line), MSG_NOSIGNAL) != (ssize_t) strlen (line) ||
       send (fd, "\n", 1, MSG_NOSIGNAL) != 1) {
-    fprintf (stderr, "relocatectl: %s: send: %s\n", path, g_strerror (errno));
+    why = g_strdup_printf ("send: %s", g_strerror (errno));
+    down = true;
     close (fd);
     goto fail;
   }
@@ -75,13 +80,20 @@ request (const char *path, const char *line)
     g_string_append_len (reply, buf, r);
   close (fd);
   if (strchr (reply->str, '\n') == NULL) {
-    fprintf (stderr, "relocatectl: %s: no reply from the filter\n", path);
+    why = g_strdup ("no reply from the filter");
+    down = true;
     goto fail;
   }
   *strchr (reply->str, '\n') = '\0';
   return g_string_free (reply, FALSE);
 
  fail:
+  if (gone && down)
+    *gone = why;
+  else {
+    fprintf (stderr, "relocatectl: %s: %s\n", path, why);
+    g_free (why);
+  }
   g_string_free (reply, TRUE);
   return NULL;
 }
@@ -167,12 +179,12 @@ num (GHashTable *h, const char *key)
 }
 
 /* Send a request; print the filter's error and return NULL if it
- * failed, else the parsed reply.
+ * failed, else the parsed reply.  gone is as for request ().
  */
 static GHashTable *
-call (const char *path, const char *line)
+call (const char *path, const char *line, char **gone)
 {
-  g_autofree char *reply = request (path, line);
+  g_autofree char *reply = request (path, line, gone);
   GHashTable *h;
 
   if (reply == NULL)
@@ -224,13 +236,13 @@ do_status (const char *path)
   double size, present, pct;
 
   if (opt_json) {
-    reply = request (path, "status");
+    reply = request (path, "status", NULL);
     if (reply == NULL)
       return EXIT_FAILURE;
     printf ("%s\n", reply);
     return EXIT_SUCCESS;
   }
-  h = call (path, "status");
+  h = call (path, "status", NULL);
   if (h == NULL)
     return EXIT_FAILURE;
   size = num (h, "size");
@@ -293,48 +305,68 @@ draw_progress (GHashTable *h, double rate, bool final)
   fflush (stdout);
 }
 
+/* Poll the status until complete.  While the socket does not answer
+ * (the server is restarting, or not started yet) keep trying, with one
+ * line on stderr when it stops answering and one when it is back.
+ */
 static int
 do_wait (const char *path)
 {
-  gint64 start = g_get_monotonic_time (), last_t = start;
+  gint64 start = g_get_monotonic_time (), last_t = start, away_since = 0;
   double last_present = -1, rate = 0;
-  bool tty = isatty (STDOUT_FILENO);
+  bool tty = isatty (STDOUT_FILENO), away = false;
 
   for (;;) {
-    GHashTable *h = call (path, "status");
+    g_autofree char *gone = NULL;
+    GHashTable *h = call (path, "status", &gone);
     gint64 t = g_get_monotonic_time ();
-    bool done;
 
-    if (h == NULL)
+    if (h == NULL && gone == NULL)
       return EXIT_FAILURE;
-    done = strcmp (get (h, "state"), "complete") == 0;
-    if (strcmp (get (h, "failed"), "true") == 0) {
+    if (h == NULL && !away) {
       if (opt_progress && tty)
         putchar ('\n');
-      fprintf (stderr, "relocatectl: %s: the relocation has failed: %s\n",
-               path, get (h, "failure"));
+      fprintf (stderr, "relocatectl: %s: not answering (%s); "
+               "waiting for it to come back\n", path, gone);
+      away = true;
+      away_since = t;
+      last_present = -1;        /* a restart may refetch some */
+    }
+    if (h != NULL) {
+      bool done = strcmp (get (h, "state"), "complete") == 0;
+
+      if (away)
+        fprintf (stderr, "relocatectl: %s: answering again after %.1f s\n",
+                 path, (t - away_since) / 1e6);
+      away = false;
+      if (strcmp (get (h, "failed"), "true") == 0) {
+        if (opt_progress && tty)
+          putchar ('\n');
+        fprintf (stderr, "relocatectl: %s: the relocation has failed: %s\n",
+                 path, get (h, "failure"));
+        g_hash_table_destroy (h);
+        return EXIT_FAILED;
+      }
+      if (last_present >= 0 && t > last_t) {
+        double inst = (num (h, "present_bytes") - last_present) * 1e6 / (t - last_t);
+        rate = rate > 0 ? 0.7 * rate + 0.3 * inst : inst;
+      }
+      last_present = num (h, "present_bytes");
+      last_t = t;
+      if (opt_progress && (tty || done))
+        draw_progress (h, rate, done);
       g_hash_table_destroy (h);
-      return EXIT_FAILED;
+      if (done)
+        return EXIT_SUCCESS;
     }
-    if (last_present >= 0 && t > last_t) {
-      double inst = (num (h, "present_bytes") - last_present) * 1e6 / (t - last_t);
-      rate = rate > 0 ? 0.7 * rate + 0.3 * inst : inst;
-    }
-    last_present = num (h, "present_bytes");
-    last_t = t;
-    if (opt_progress && (tty || done))
-      draw_progress (h, rate, done);
-    g_hash_table_destroy (h);
-    if (done)
-      return EXIT_SUCCESS;
     if (opt_timeout >= 0 && t - start >= (gint64) opt_timeout * 1000000) {
-      if (opt_progress && tty)
+      if (opt_progress && tty && !away)
         putchar ('\n');
       fprintf (stderr, "relocatectl: %s: timed out after %d s\n",
                path, opt_timeout);
       return EXIT_TIMEOUT;
     }
-    g_usleep (100 * 1000);
+    g_usleep ((away ? 250 : 100) * 1000);
   }
 }
 
@@ -391,7 +423,7 @@ main (int argc, char *argv[])
              "(see relocatectl --help)\n", cmd);
     return EXIT_USAGE;
   }
-  h = call (path, line);
+  h = call (path, line, NULL);
   if (h == NULL)
     return EXIT_FAILURE;
   g_hash_table_destroy (h);
