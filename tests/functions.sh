@@ -14,6 +14,7 @@ NBDIO="$PY $srcdir/tests/nbdio.py"
 
 tmp=$(mktemp -d /tmp/relocate-test.XXXXXX)
 servers=()
+clients=()      # background client pids (add with clients+=($!)), killed on exit
 
 # With a sanitizer build (scripts/check --sanitize=...), the runtime is
 # preloaded into nbdkit, which loads the instrumented filter.
@@ -29,6 +30,9 @@ cleanup ()
 {
     local status=$?
     local i
+    for i in "${clients[@]}"; do
+        kill "$i" 2>/dev/null || :
+    done
     # Newest first: a relocation holds a connection to its source.
     for (( i=${#servers[@]}-1; i>=0; i-- )); do
         stop_server "${servers[i]}" || :
@@ -72,8 +76,18 @@ start_server ()
     disown    # stopped by pid file below; no job-control noise
     wait_for test -s "$tmp/$name.pid" ||
         fail "nbdkit $name did not start: $(tail -n 5 "$tmp/$name.log")"
-    wait_for test -S "$tmp/$name.sock" || fail "nbdkit $name: no socket"
     servers+=("$name")
+    # Ready means accepting connections: the socket file exists a moment
+    # before nbdkit listens on it (ECONNREFUSED on a loaded machine).
+    local pid i
+    pid=$(cat "$tmp/$name.pid")
+    for i in $(seq 300); do
+        nbdinfo --can connect "$(uri "$name")" 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null ||
+            fail "nbdkit $name exited: $(tail -n 5 "$tmp/$name.log")"
+        sleep 0.1
+    done
+    fail "nbdkit $name does not accept connections: $(tail -n 5 "$tmp/$name.log")"
 }
 
 # start_source NAME IMAGE [ARGS...]: serve IMAGE with nbdkit file
@@ -139,3 +153,20 @@ field_at_least () { [ "$(status_field "$1" "$2")" -ge "$3" ]; }
 
 # field_is NAME KEY VALUE: status field KEY equals VALUE (for wait_for).
 field_is () { [ "$(status_field "$1" "$2")" = "$3" ]; }
+
+# client_field DIR KEY: one field of tests/reconnect.py's DIR/progress.
+client_field ()
+{
+    $PY -c 'import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]; print(str(v).lower() if isinstance(v,bool) else v)' \
+        "$1/progress" "$2"
+}
+
+# client_busy DIR GEN N: the reconnect client has connected GEN times
+# and each of its connections has had N requests acknowledged since
+# (for wait_for).
+client_busy ()
+{
+    $PY -c 'import json,sys; p=json.load(open(sys.argv[1]))
+sys.exit(not (p["connected"] and p["generation"] >= int(sys.argv[2])
+              and p["acked_this_generation"] >= int(sys.argv[3])))' "$1/progress" "$2" "$3"
+}

@@ -98,11 +98,15 @@ expect_refusal "is not writable" \
     nbd "$src" relocate-file="$tmp/a/nodir/disk.img"
 if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
     mkdir -m 0555 "$tmp/a/ro"
-    chmod 0755 "$tmp"
+    chmod 0755 "$tmp" "$tmp/a"
     chmod 0666 "$tmp/src.sock"
+    # The checkout (and so $FILTER) may be in a directory that only its
+    # owner can enter (mode 0700 in CI): nobody loads a copy.
+    cp "$FILTER" "$tmp/nbdkit-relocate-filter.so"
+    chmod 0755 "$tmp/nbdkit-relocate-filter.so"
     before=$(ls -la "$tmp/a/ro")
     if out=$(timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups \
-             "${NBDKIT[@]}" -f -U - --filter="$FILTER" nbd "$src" \
+             "${NBDKIT[@]}" -f -U - --filter="$tmp/nbdkit-relocate-filter.so" nbd "$src" \
              relocate-file="$tmp/a/ro/disk.img" --run true 2>&1); then
         fail "nbdkit started in a read-only directory"
     fi
