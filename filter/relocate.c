@@ -8,8 +8,10 @@
  *   bgcopy.c    the background copy; standby -> relocating -> complete
  *   blk.c       the block store: the local file and which blocks it holds
  *   upstream.c  the shared connection to the source
- *   bitmap.c    the present-block bitmap and its file
+ *   bitmap.c    the present-block bitmap and its file, over
+ *   vbitmap.c   its volatile twin, what survives a crash of the process
  *   state.c     life cycle, pause, rate, failure, counters
+ *   drain.c     SIGTERM: let the clients' requests finish, then exit
  *   params.c    the relocate-* parameters
  *
  * Each file includes only the headers of files below it.
@@ -37,6 +39,7 @@
 #include "blk.h"
 #include "bgcopy.h"
 #include "control.h"
+#include "drain.h"
 
 /* ---- Configuration and start-up ---- */
 
@@ -111,7 +114,7 @@ relocate_after_fork (nbdkit_backend *backend)
   }
   if (cfg.control && control_start (cfg.control, cfg.control_mode) == -1)
     return -1;
-  return 0;
+  return drain_start ();
 }
 
 static void
@@ -119,6 +122,7 @@ relocate_cleanup (nbdkit_backend *backend)
 {
   int err;
 
+  drain_stop ();
   control_stop ();
   upstream_stop ();
   bgcopy_stop ();
@@ -144,7 +148,17 @@ relocate_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                int readonly, const char *exportname, int is_tls)
 {
   /* Deliberately not calling next: clients never open the plugin. */
+  if (!drain_client_open ()) {
+    nbdkit_error ("relocate: shutting down: connection refused");
+    return NULL;
+  }
   return &handle;
+}
+
+static void
+relocate_close (void *h)
+{
+  drain_client_close ();
 }
 
 static int64_t
@@ -291,6 +305,7 @@ static struct nbdkit_filter filter = {
   .after_fork         = relocate_after_fork,
   .cleanup            = relocate_cleanup,
   .open               = relocate_open,
+  .close              = relocate_close,
   .get_size           = relocate_get_size,
   .export_description = relocate_export_description,
   .block_size         = relocate_block_size,

@@ -1,0 +1,220 @@
+/* nbdkit-relocate: a stop that clients do not notice. */
+
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <nbdkit-filter.h>
+
+#include "drain.h"
+#include "params.h"
+
+static int pipefd[2] = { -1, -1 };   /* the signal handler writes 'T' */
+static pthread_t thread;
+static bool running;
+
+static GMutex lock;
+static GCond gone;                   /* clients reached 0 */
+static unsigned clients;
+static bool draining;
+
+static void
+on_signal (int sig)
+{
+  int saved = errno;
+
+  if (write (pipefd[1], "T", 1)) {}
+  errno = saved;
+}
+
+/* Are a and b the same listening address (unix path, or TCP port)? */
+static bool
+same_address (const struct sockaddr_storage *a, socklen_t alen,
+              const struct sockaddr_storage *b, socklen_t blen)
+{
+  if (a->ss_family != b->ss_family)
+    return false;
+  switch (a->ss_family) {
+  case AF_UNIX:
+    return alen == blen && memcmp (a, b, alen) == 0 &&
+      alen > offsetof (struct sockaddr_un, sun_path) &&
+      ((const struct sockaddr_un *) a)->sun_path[0] != '\0';
+  case AF_INET:
+    return ((const struct sockaddr_in *) a)->sin_port ==
+      ((const struct sockaddr_in *) b)->sin_port;
+  case AF_INET6:
+    return ((const struct sockaddr_in6 *) a)->sin6_port ==
+      ((const struct sockaddr_in6 *) b)->sin6_port;
+  default:
+    return false;
+  }
+}
+
+struct address { struct sockaddr_storage ss; socklen_t len; };
+
+/* Every socket fd of this process, with its local address; listening
+ * or not.
+ */
+static void
+for_each_socket (void (*fn) (int fd, bool listening, struct address *a,
+                             void *opaque),
+                 void *opaque)
+{
+  DIR *d = opendir ("/proc/self/fd");
+  struct dirent *e;
+
+  if (d == NULL)
+    return;
+  while ((e = readdir (d)) != NULL) {
+    struct address a = { .len = sizeof a.ss };
+    int fd = atoi (e->d_name), listening = 0;
+    socklen_t len = sizeof listening;
+    struct stat st;
+
+    if (e->d_name[0] == '.' || fd == dirfd (d) ||
+        fstat (fd, &st) == -1 || !S_ISSOCK (st.st_mode) ||
+        getsockopt (fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == -1 ||
+        getsockname (fd, (struct sockaddr *) &a.ss, &a.len) == -1)
+      continue;
+    fn (fd, listening, &a, opaque);
+  }
+  closedir (d);
+}
+
+/* Collect nbdkit's listening sockets (not the control socket). */
+static void
+collect_listener (int fd, bool listening, struct address *a, void *opaque)
+{
+  GArray *listeners = opaque;
+  const struct sockaddr_un *un = (const struct sockaddr_un *) &a->ss;
+
+  if (!listening)
+    return;
+  if (a->ss.ss_family == AF_UNIX && cfg.control &&
+      strcmp (un->sun_path, cfg.control) == 0)
+    return;
+  g_array_append_val (listeners, *a);
+}
+
+/* Stop nbdkit reading from a connection accepted on a listener. */
+static void
+stop_reading (int fd, bool listening, struct address *a, void *opaque)
+{
+  GArray *listeners = opaque;
+  guint i;
+
+  if (listening)
+    return;
+  for (i = 0; i < listeners->len; ++i) {
+    struct address *l = &g_array_index (listeners, struct address, i);
+    if (same_address (&l->ss, l->len, &a->ss, a->len)) {
+      shutdown (fd, SHUT_RD);
+      return;
+    }
+  }
+}
+
+/* Drain the clients, then let nbdkit exit. */
+static void
+drain (void)
+{
+  g_autoptr (GArray) listeners = g_array_new (false, false,
+                                              sizeof (struct address));
+  gint64 deadline = g_get_monotonic_time () +
+    (cfg.timeout + 1) * G_TIME_SPAN_SECOND;
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  draining = true;
+  for_each_socket (collect_listener, listeners);
+  if (listeners->len > 0) {
+    nbdkit_debug ("relocate: stopping: letting %u clients finish", clients);
+    for_each_socket (stop_reading, listeners);
+    while (clients > 0)
+      if (!g_cond_wait_until (&gone, &lock, deadline))
+        break;
+  }
+  nbdkit_debug ("relocate: stopping: %u clients left", clients);
+  nbdkit_shutdown ();
+}
+
+static void *
+drain_thread (void *arg)
+{
+  struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
+  char c = 0;
+
+  while (poll (&p, 1, -1) == -1 && errno == EINTR)
+    ;
+  if (read (pipefd[0], &c, 1) == 1 && c == 'T')
+    drain ();
+  return arg;
+}
+
+int
+drain_start (void)
+{
+  struct sigaction sa = { .sa_handler = on_signal };
+  int e;
+
+  if (pipe2 (pipefd, O_CLOEXEC | O_NONBLOCK) == -1) {
+    nbdkit_error ("relocate: pipe: %m");
+    return -1;
+  }
+  e = pthread_create (&thread, NULL, drain_thread, NULL);
+  if (e) {
+    errno = e;
+    nbdkit_error ("relocate: pthread_create: %m");
+    return -1;
+  }
+  running = true;
+  sigemptyset (&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  if (sigaction (SIGTERM, &sa, NULL) == -1 ||
+      sigaction (SIGINT, &sa, NULL) == -1) {
+    nbdkit_error ("relocate: sigaction: %m");
+    return -1;
+  }
+  return 0;
+}
+
+void
+drain_stop (void)
+{
+  if (running) {
+    if (write (pipefd[1], "Q", 1)) {}
+    pthread_join (thread, NULL);
+    running = false;
+  }
+}
+
+bool
+drain_client_open (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  if (draining)
+    return false;
+  clients++;
+  return true;
+}
+
+void
+drain_client_close (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  if (--clients == 0)
+    g_cond_broadcast (&gone);
+}
