@@ -793,7 +793,7 @@ blk_flush (int *err)
     *err = errno;
     nbdkit_error ("relocate-file: fdatasync: %m; the bitmap will not be "
                   "updated again (restart nbdkit to recover)");
-    state_set_failure ("fdatasync of the local file failed: restart nbdkit");
+    state_set_failure (FAILURE_LOCAL, "fdatasync of the local file failed: restart nbdkit");
     sync_failed = true;
     r = -1;
   }

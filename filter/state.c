@@ -15,7 +15,7 @@ static enum reloc_state state;
 static bool paused;
 static double started_at, completed_at;   /* monotonic seconds */
 static double elapsed_before;             /* relocating, in earlier runs */
-static char *failure;
+static char *failure[FAILURE_CAUSES];
 
 static uint64_t rate;                     /* atomic */
 static unsigned client_inflight;          /* atomic */
@@ -116,20 +116,30 @@ state_rate (void)
 }
 
 void
-state_set_failure (const char *why)
+state_set_failure (enum failure_cause cause, const char *why)
 {
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
 
-  g_free (failure);
-  failure = g_strdup (why);
+  g_free (failure[cause]);
+  failure[cause] = g_strdup (why);
+}
+
+void
+state_clear_failure (enum failure_cause cause)
+{
+  state_set_failure (cause, NULL);
 }
 
 char *
 state_failure (void)
 {
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  size_t i;
 
-  return g_strdup (failure);
+  for (i = 0; i < FAILURE_CAUSES; ++i)
+    if (failure[i])
+      return g_strdup (failure[i]);
+  return NULL;
 }
 
 void

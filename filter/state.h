@@ -55,10 +55,14 @@ void state_set_rate (uint64_t bytes_per_second); /* 0 = unlimited */
 uint64_t state_rate (void);
 
 /* Why the relocation cannot complete (status shows it, relocatectl
- * wait exits 4), or NULL.
+ * wait exits 4).  Each cause is set and cleared on its own, by what
+ * saw it and by what cured it: a source that comes back clears only
+ * the source's failure, never the local file's.
  */
-void state_set_failure (const char *why);
-char *state_failure (void);              /* a copy: g_free it */
+enum failure_cause { FAILURE_LOCAL, FAILURE_SOURCE, FAILURE_CAUSES };
+void state_set_failure (enum failure_cause cause, const char *why);
+void state_clear_failure (enum failure_cause cause);
+char *state_failure (void);   /* the first cause's, or NULL: g_free it */
 
 /* Client requests mark themselves, so the background copy can yield:
  * is one in flight, or did one end within CLIENT_QUIET_SECONDS?

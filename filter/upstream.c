@@ -167,7 +167,7 @@ supervisor (void *arg)
                       "present blocks", size, expected_size);
         set_error ("source size changed to %" PRIi64 " (expected %" PRIu64 ")",
                    size, expected_size);
-        state_set_failure (last_error);
+        state_set_failure (FAILURE_SOURCE, last_error);
         n = NULL;
       }
       else
@@ -176,7 +176,7 @@ supervisor (void *arg)
         next = n;
         backoff = 1;
         last_error[0] = '\0';
-        state_set_failure (NULL);
+        state_clear_failure (FAILURE_SOURCE);
         nbdkit_debug ("relocate: upstream connected");
         pthread_cond_broadcast (&cond);
       }
