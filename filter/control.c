@@ -24,10 +24,16 @@
 #include "control.h"
 #include "upstream.h"
 
-#define MAX_CLIENTS 16
+/* Operators' connections.  An idle one is closed after IDLE_SECONDS,
+ * and when MAX_CLIENTS are open the longest idle makes room for a new
+ * one: idle clients can never lock operators out.
+ */
+#define MAX_CLIENTS 256
+#define IDLE_SECONDS 30
 
 struct client {
   int fd;
+  double last;                  /* when it last sent something */
   size_t len;
   char buf[CONTROL_MAX_LINE + 1];
 };
@@ -274,19 +280,52 @@ serve_client (struct client *c)
   return true;
 }
 
+/* Close client i, moving the last one into its place. */
+static void
+drop_client (GArray *clients, guint i)
+{
+  close (g_array_index (clients, struct client, i).fd);
+  g_array_remove_index_fast (clients, i);
+}
+
+/* Accept a new client, dropping the longest idle one if full. */
+static void
+accept_client (GArray *clients)
+{
+  int fd = accept4 (listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  struct client c = { .fd = fd, .last = state_now () };
+  guint i, oldest = 0;
+
+  if (fd == -1) {
+    if (errno != EAGAIN && errno != EINTR)
+      usleep (100 * 1000);      /* EMFILE and the like: do not spin */
+    return;
+  }
+  if (clients->len == MAX_CLIENTS) {
+    for (i = 1; i < clients->len; ++i)
+      if (g_array_index (clients, struct client, i).last <
+          g_array_index (clients, struct client, oldest).last)
+        oldest = i;
+    drop_client (clients, oldest);
+  }
+  g_array_append_val (clients, c);
+}
+
 static void *
 control_thread (void *arg)
 {
-  struct client clients[MAX_CLIENTS] = { { 0 } };
-  struct pollfd pfd[MAX_CLIENTS + 2];
-  size_t nclients = 0, i;
+  g_autoptr (GArray) clients = g_array_new (false, false, sizeof (struct client));
+  g_autofree struct pollfd *pfd = g_new (struct pollfd, MAX_CLIENTS + 2);
+  guint i;
 
   for (;;) {
     pfd[0] = (struct pollfd) { .fd = wake[0], .events = POLLIN };
     pfd[1] = (struct pollfd) { .fd = listen_fd, .events = POLLIN };
-    for (i = 0; i < nclients; ++i)
-      pfd[i + 2] = (struct pollfd) { .fd = clients[i].fd, .events = POLLIN };
-    if (poll (pfd, nclients + 2, -1) == -1) {
+    for (i = 0; i < clients->len; ++i)
+      pfd[i + 2] = (struct pollfd) {
+        .fd = g_array_index (clients, struct client, i).fd, .events = POLLIN
+      };
+    if (poll (pfd, clients->len + 2, 1000) == -1) {
       if (errno == EINTR)
         continue;
       nbdkit_error ("relocate-control: poll: %m");
@@ -294,27 +333,21 @@ control_thread (void *arg)
     }
     if (pfd[0].revents)
       break;
-    for (i = nclients; i-- > 0; ) {
-      if (pfd[i + 2].revents && !serve_client (&clients[i])) {
-        close (clients[i].fd);
-        clients[i] = clients[--nclients];
+    for (i = clients->len; i-- > 0; ) {
+      struct client *c = &g_array_index (clients, struct client, i);
+      if (pfd[i + 2].revents) {
+        c->last = state_now ();
+        if (!serve_client (c))
+          drop_client (clients, i);
       }
+      else if (state_now () - c->last > IDLE_SECONDS)
+        drop_client (clients, i);
     }
-    if (pfd[1].revents & POLLIN) {
-      int fd = accept4 (listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd >= 0 && nclients == MAX_CLIENTS) {
-        static const char msg[] = "{\"ok\":false,\"error\":\"too many clients\"}\n";
-        if (send (fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT)) {}
-        close (fd);
-      }
-      else if (fd >= 0)
-        clients[nclients++] = (struct client) { .fd = fd };
-      else if (errno != EAGAIN && errno != EINTR)
-        usleep (100 * 1000);    /* EMFILE and the like: do not spin */
-    }
+    if (pfd[1].revents & POLLIN)
+      accept_client (clients);
   }
-  for (i = 0; i < nclients; ++i)
-    close (clients[i].fd);
+  while (clients->len > 0)
+    drop_client (clients, 0);
   return arg;
 }
 
@@ -333,6 +366,32 @@ socket_in_use (const struct sockaddr_un *addr)
 }
 
 int
+control_check_path (const char *path)
+{
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  g_autofree char *dir = g_path_get_dirname (path);
+  struct stat st;
+
+  if (strlen (path) >= sizeof addr.sun_path) {
+    nbdkit_error ("relocate-control %s: path too long for a unix socket", path);
+    return -1;
+  }
+  strcpy (addr.sun_path, path);
+  if (access (dir, W_OK | X_OK) == -1) {
+    nbdkit_error ("relocate-control %s: directory %s is not writable: %m",
+                  path, dir);
+    return -1;
+  }
+  if (lstat (path, &st) == 0 &&
+      (!S_ISSOCK (st.st_mode) || socket_in_use (&addr))) {
+    nbdkit_error ("relocate-control %s: exists and is %s", path,
+                  S_ISSOCK (st.st_mode) ? "in use" : "not a socket");
+    return -1;
+  }
+  return 0;
+}
+
+int
 control_start (const char *path, unsigned mode)
 {
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -340,19 +399,11 @@ control_start (const char *path, unsigned mode)
   mode_t old;
   int e;
 
-  if (strlen (path) >= sizeof addr.sun_path) {
-    nbdkit_error ("relocate-control %s: path too long for a unix socket", path);
+  if (control_check_path (path) == -1)
     return -1;
-  }
   strcpy (addr.sun_path, path);
-  if (lstat (path, &st) == 0) {
-    if (!S_ISSOCK (st.st_mode) || socket_in_use (&addr)) {
-      nbdkit_error ("relocate-control %s: exists and is %s", path,
-                    S_ISSOCK (st.st_mode) ? "in use" : "not a socket");
-      return -1;
-    }
+  if (lstat (path, &st) == 0)
     unlink (path);              /* stale, from a killed nbdkit */
-  }
   listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (listen_fd == -1) {
     nbdkit_error ("relocate-control: socket: %m");

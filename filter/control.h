@@ -37,6 +37,9 @@ int control_parse_size (const char *s, uint64_t *out);
 /* Append s to out as a JSON string, quotes included. */
 void control_json_string (GString *out, const char *s);
 
+/* Can path be the control socket?  (Before any file is created.) */
+int control_check_path (const char *path);
+
 /* Create the socket and start serving it (in .after_fork). */
 int control_start (const char *path, unsigned mode);
 

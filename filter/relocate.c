@@ -60,7 +60,9 @@ static int
 relocate_config_complete (nbdkit_next_config_complete *next,
                           nbdkit_backend *nxdata)
 {
-  if (params_complete () == -1 || blk_check_files () == -1)
+  if (params_complete () == -1 ||
+      (cfg.control && control_check_path (cfg.control) == -1) ||
+      blk_check_files () == -1)
     return -1;
   state_set_rate (cfg.rate);
   return next (nxdata);

@@ -93,6 +93,12 @@ start_source src "$tmp/other.img"          # 8 MiB, at the same socket
 expect_refusal "the source has size 8388608, but $tmp/a/standby.img.bitmap holds 4194304 bytes" \
     nbd "$src" relocate-file="$tmp/a/standby.img"
 
+# An unusable control socket path: refused before any file is created.
+expect_refusal "relocate-control $tmp/a/nodir/ctl.sock: directory $tmp/a/nodir is not writable" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-control="$tmp/a/nodir/ctl.sock"
+expect_refusal "relocate-control $tmp/a/disk.img: exists and is not a socket" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-control="$tmp/a/disk.img"
+
 # An unwritable directory: missing, and (as an unprivileged user) read-only.
 expect_refusal "is not writable" \
     nbd "$src" relocate-file="$tmp/a/nodir/disk.img"

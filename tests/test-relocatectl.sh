@@ -67,6 +67,24 @@ grep -q '\[##############################\] 100.0%' "$tmp/progress" ||
 cmp <(tail -c +2 "$tmp/dst.img") <(tail -c +2 "$tmp/src.img") || fail "data differs"
 pass "reconnect; wait --progress draws a bar under a terminal and exits 0"
 
+# Idle connections cannot lock operators out: 300 of them, and status
+# still answers at once.
+$PY - "$tmp/dst.ctl" <<'PYEOF' &
+import socket, sys, time
+socks = []
+for i in range(300):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    socks.append(s)
+time.sleep(5)
+PYEOF
+idle=$!
+sleep 2
+timeout 2 "$RELOCATECTL" status "$tmp/dst.ctl" >/dev/null ||
+    fail "status did not answer within 2 s with 300 idle control clients"
+wait $idle
+pass "300 idle control connections: status still answers"
+
 # Error paths.
 expect_status ()
 {
