@@ -10,8 +10,9 @@ torture.py run URI ORACLE SEED OPS [CONNS]
     unspecified, as unknown).
 torture.py verify URI ORACLE
     The whole export equals the oracle where the mask says known.
-torture.py writer URI ORACLE SEED LOG
-    Writes and flushes until killed, for the crash campaign.  Appends to
+torture.py writer URI ORACLE SEED LOG [PAUSE]
+    Writes and flushes until killed, for the crash campaign (sleeping
+    PAUSE seconds, default 0, after each write).  Appends to
     LOG one JSON line per write as issued and one per flush as
     acknowledged; the data is derived from SEED and the write's number.
 torture.py settle ORACLE LOG SEED
@@ -25,6 +26,7 @@ import os
 import random
 import sys
 import threading
+import time
 
 import nbd
 
@@ -139,7 +141,7 @@ def write_data(seed, seq, n):
     return random.Random("%d-%d" % (seed, seq)).randbytes(n)
 
 
-def writer(uri, oracle_path, seed, log_path):
+def writer(uri, oracle_path, seed, log_path, pause=0.0):
     rng = random.Random(seed)
     size = os.path.getsize(oracle_path)
     h = connect(uri)
@@ -157,6 +159,8 @@ def writer(uri, oracle_path, seed, log_path):
                 log.write(json.dumps({"flushed": seq}) + "\n")
                 log.flush()
             seq += 1
+            if pause:
+                time.sleep(pause)
 
 
 def settle(oracle_path, log_path, seed):
@@ -190,7 +194,8 @@ def main():
     elif cmd == "verify":
         verify(sys.argv[2], sys.argv[3])
     elif cmd == "writer":
-        writer(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        writer(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5],
+               float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
     elif cmd == "settle":
         settle(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
