@@ -22,11 +22,14 @@ The model, per inode (a file, or the directory):
   - Every later change is kept or dropped at random: a write or an
     fallocate is torn into 4 KiB pieces (file offsets), each kept or
     dropped on its own; ftruncate (and O_TRUNC) is kept or dropped.
-  - The directory: creating a file (its first open), rename and unlink
-    are durable once an fsync of the directory started after them
-    completed.  Later ones reach the disk as a journal would replay
-    them: a random prefix of them, in order.  A file whose name did
-    not survive is gone, whatever its data.
+  - The directory: creating a file (the first open of an inode not in
+    MANIFEST; inode numbers are assumed not to be reused within a
+    round), rename and unlink are durable once an fsync of the
+    directory started after them completed.  Later ones reach the disk
+    as a journal would replay them: a random prefix of them, in order.
+    A file whose name did not survive is gone, whatever its data.
+    Each round starts from the files the previous one left, so files
+    created by the filter (the bitmap, the local file) go through this.
   - FILE.bitmap.volatile (written through mmap, never synced: its
     stores cannot be logged) is taken as the killed process left it,
     the worst case for a file that must never be trusted after a
@@ -38,6 +41,7 @@ import random
 import shutil
 import sys
 
+sys.dont_write_bytecode = True          # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torture  # noqa: E402
 

@@ -36,7 +36,7 @@ nbdkit ()
 # A boot id per run, never the same twice: every restart follows a reboot.
 boot_id () { printf '%08x-%04x-4000-8000-%012x' "$seed" "$1" "$2"; }
 
-size=$((32 << 20))
+size=$((24 << 20))
 head -c $size /dev/urandom > "$tmp/src.img"
 cp "$tmp/src.img" "$tmp/oracle.img"
 start_source src "$tmp/src.img" --filter=delay rdelay=2ms
@@ -55,7 +55,8 @@ for i in $(seq "$rounds"); do
                "POWERCUT_BOOT_ID=$(boot_id 1 "$i")")
     start_dest dst src "$disk/dst.img" "${params[@]}"
     wseed=$((seed * 100 + i))
-    $TORTURE writer "$(uri dst)" "$tmp/oracle.img" "$wseed" "$tmp/wlog.$i" 0.03 &
+    : > "$tmp/wlog.$i"             # the cut may come before the writer starts
+    $TORTURE writer "$(uri dst)" "$tmp/oracle.img" "$wseed" "$tmp/wlog.$i" 0.04 &
     writer=$!
     # A random moment; the first cut comes early, when the files have
     # just been created and perhaps nothing has been synced yet.
