@@ -99,7 +99,8 @@ request (const char *path, const char *line, char **gone)
 }
 
 /* Parse the filter's flat JSON object into key -> value strings
- * (strings unescaped, numbers and booleans as written).
+ * (strings unescaped, numbers, booleans and arrays of numbers as
+ * written).
  */
 static GHashTable *
 parse_reply (const char *s)
@@ -135,6 +136,13 @@ parse_reply (const char *s)
         }
         if (*s++ != '"')
           goto bad;
+      }
+      else if (part == 1 && *s == '[') {  /* an array of numbers, kept raw */
+        while (*s && *s != ']')
+          g_string_append_c (cur, *s++);
+        if (*s != ']')
+          goto bad;
+        g_string_append_c (cur, *s++);
       }
       else if (part == 1) {
         while (*s && *s != ',' && *s != '}' && !g_ascii_isspace (*s))
@@ -273,11 +281,13 @@ do_status (const char *path)
       printf ("rate cap:   %s/s\n", r);
     else
       printf ("rate cap:   unlimited\n");
-    printf ("upstream:   %s%s%s\n",
-            strcmp (get (h, "upstream_connected"), "true") == 0
-            ? "connected" : "not connected",
+    printf ("upstream:   %.0f of %.0f connections up%s%s\n",
+            num (h, "connections"), num (h, "connections_wanted"),
             *get (h, "last_error") ? "; last error: " : "",
             get (h, "last_error"));
+    if (num (h, "failed_blocks") > 0)
+      printf ("failed:     %.0f blocks the source rejects (relocatectl retry)\n",
+              num (h, "failed_blocks"));
   }
   g_hash_table_destroy (h);
   return EXIT_SUCCESS;
@@ -391,7 +401,8 @@ main (int argc, char *argv[])
     "  pause SOCKET               pause the background copy\n"
     "  resume SOCKET              resume the background copy\n"
     "  rate SOCKET SIZE           cap the background copy (bytes/s, 0 = none)\n"
-    "  reconnect SOCKET           reopen the connection to the source\n"
+    "  reconnect SOCKET           reopen the connections to the source\n"
+    "  retry SOCKET               fetch the blocks the source rejected again\n"
     "\nExit status: 0 success, 1 failure, 2 usage error, 3 timeout,\n"
     "4 the relocation has failed (wait).\n");
   g_option_context_add_main_entries (ctx, options, NULL);
@@ -416,7 +427,8 @@ main (int argc, char *argv[])
   else if (argc == 3 && (strcmp (cmd, "start") == 0 ||
                          strcmp (cmd, "pause") == 0 ||
                          strcmp (cmd, "resume") == 0 ||
-                         strcmp (cmd, "reconnect") == 0))
+                         strcmp (cmd, "reconnect") == 0 ||
+                         strcmp (cmd, "retry") == 0))
     line = g_strdup (cmd);
   else {
     fprintf (stderr, "relocatectl: unknown command or wrong arguments: %s "

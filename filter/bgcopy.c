@@ -234,7 +234,7 @@ worker (void *arg)
     inflight++;
     pthread_mutex_unlock (&lock);
 
-    r = blk_fetch_claimed (first, n, buf, true, &err);
+    r = blk_fetch_claimed (first, n, buf, &err);
 
     pthread_mutex_lock (&lock);
     inflight--;
@@ -300,6 +300,31 @@ complete (void)
           STAT_GET (skipped_zero), STAT_GET (written));
 }
 
+/* Once only blocks the source rejects are absent, the relocation
+ * cannot complete: say which (relocatectl wait exits 4).
+ */
+static void
+report_failed_blocks (void)
+{
+  uint64_t first[4];
+  size_t n, i;
+  uint64_t failed = blk_failed_blocks (first, G_N_ELEMENTS (first), &n);
+  g_autoptr (GString) why = NULL;
+
+  if (failed == 0 || blk_present_blocks () + failed < blk_nblocks) {
+    state_clear_failure (FAILURE_BLOCKS);
+    return;
+  }
+  why = g_string_new (NULL);
+  g_string_printf (why, "%" PRIu64 " blocks cannot be read from the source "
+                   "(offsets", failed);
+  for (i = 0; i < n; ++i)
+    g_string_append_printf (why, " %" PRIu64, first[i] * blk_size);
+  g_string_append (why, failed > n ? " ...): relocatectl retry" :
+                   "): relocatectl retry");
+  state_set_failure (FAILURE_BLOCKS, why->str);
+}
+
 /* Sync every relocate-sync-interval seconds; complete at the end. */
 static void *
 coordinator (void *arg)
@@ -318,8 +343,10 @@ coordinator (void *arg)
       blk_save_counters ();
       if (blk_present_blocks () == blk_nblocks)
         complete ();
-      else if (state_now () - last_sync >= cfg.sync_interval) {
-        if (blk_flush (&err) == 0)
+      else {
+        report_failed_blocks ();
+        if (state_now () - last_sync >= cfg.sync_interval &&
+            blk_flush (&err) == 0)
           last_sync = state_now ();
       }
       pthread_mutex_lock (&lock);

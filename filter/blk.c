@@ -35,6 +35,12 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 static uint64_t *busy;                  /* one bit per block */
 
+/* Blocks the source rejects every time it is asked (a bad block):
+ * not fetched again until relocatectl retry; client reads of them fail.
+ */
+static uint64_t *failed;                /* one bit per block */
+static uint64_t nfailed;
+
 /* Serialises blk_flush, so snapshots reach the file in order. */
 static pthread_mutex_t persist_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -80,6 +86,53 @@ set_busy (uint64_t b, bool on)
     busy[b / 64] |= UINT64_C (1) << (b % 64);
   else
     busy[b / 64] &= ~(UINT64_C (1) << (b % 64));
+}
+
+static bool
+is_failed (uint64_t b)
+{
+  return (failed[b / 64] >> (b % 64)) & 1;
+}
+
+static void
+set_failed (uint64_t b, bool on)
+{
+  if (on == is_failed (b))
+    return;
+  failed[b / 64] ^= UINT64_C (1) << (b % 64);
+  nfailed += on ? 1 : -1;
+}
+
+/* Wait on changed until the monotonic deadline; false once it passed.
+ * Caller holds lock.
+ */
+static bool
+wait_changed (double deadline)
+{
+  double left = deadline - state_now ();
+  struct timespec ts;
+
+  if (left <= 0)
+    return false;
+  clock_gettime (CLOCK_REALTIME, &ts);
+  ts.tv_sec += (time_t) left;
+  ts.tv_nsec += (long) ((left - (time_t) left) * 1e9);
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_cond_timedwait (&changed, &lock, &ts);
+  return true;
+}
+
+/* The error for a client request that cannot wait any longer. */
+static int
+timed_out (uint64_t b, int *err)
+{
+  nbdkit_error ("relocate: block %" PRIu64 " is still being fetched after "
+                "relocate-timeout=%u s", b, cfg.timeout);
+  *err = EIO;
+  return -1;
 }
 
 static bool fresh;                      /* no bitmap file before us */
@@ -229,7 +282,8 @@ blk_open (uint64_t new_size)
   }
   all_present = bitmap_count () == blk_nblocks;
   busy = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
-  if (busy == NULL) {
+  failed = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
+  if (busy == NULL || failed == NULL) {
     nbdkit_error ("relocate: malloc: %m");
     return -1;
   }
@@ -245,7 +299,8 @@ blk_close (void)
     close (direct_fd);
   fd = direct_fd = -1;
   free (busy);
-  busy = NULL;
+  free (failed);
+  busy = failed = NULL;
 }
 
 /* Bytes of the export covered by blocks [first, first+n). */
@@ -351,8 +406,10 @@ finish_run_locked (uint64_t first, uint64_t n, bool present)
   uint64_t b;
 
   for (b = first; b < first + n; ++b) {
-    if (present)
+    if (present) {
       bitmap_set (b);
+      set_failed (b, false);
+    }
     set_busy (b, false);
   }
   if (present && bitmap_count () == blk_nblocks)
@@ -418,13 +475,42 @@ store_fetched (const char *buf, uint64_t first, uint64_t n)
   return 0;
 }
 
-int
-blk_fetch_claimed (uint64_t first, uint64_t n, void *buf, bool background,
-                   int *err)
+/* Fetch and store a claimed run; on failure release it.  Returns 0,
+ * -1, or UPSTREAM_REJECTED with the blocks the source rejects marked
+ * failed (a run is retried block by block to find them).
+ */
+static int
+fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
+           double deadline, int *err)
 {
-  uint64_t off = first * blk_size, len = run_bytes (first, n);
+  uint64_t off = first * blk_size, len = run_bytes (first, n), b;
+  int r = upstream_pread (buf, len, off, deadline, background, err);
 
-  if (upstream_pread (buf, len, off, background ? 0 : cfg.timeout, err) == -1)
+  if (r == UPSTREAM_REJECTED && n > 1) {
+    for (b = first; b < first + n; ++b) {
+      int rb = fetch_run (b, 1, buf, background, deadline, err);
+      if (rb == -1) {
+        if (b + 1 < first + n)
+          finish_run (b + 1, first + n - b - 1, false);
+        return -1;
+      }
+      if (rb == UPSTREAM_REJECTED)
+        r = rb;
+    }
+    return r;
+  }
+  if (r == UPSTREAM_REJECTED) {
+    nbdkit_error ("relocate: block %" PRIu64 " (offset %" PRIu64 ") cannot be "
+                  "read from the source: marked failed (relocatectl retry)",
+                  first, off);
+    pthread_mutex_lock (&lock);
+    set_failed (first, true);
+    finish_run_locked (first, 1, false);
+    pthread_mutex_unlock (&lock);
+    *err = EIO;
+    return r;
+  }
+  if (r == -1)
     goto fail;
   if (store_fetched (buf, first, n) == -1) {
     *err = errno;
@@ -442,6 +528,13 @@ blk_fetch_claimed (uint64_t first, uint64_t n, void *buf, bool background,
  fail:
   finish_run (first, n, false);
   return -1;
+}
+
+int
+blk_fetch_claimed (uint64_t first, uint64_t n, void *buf, int *err)
+{
+  return fetch_run (first, n, buf, true, state_now () + cfg.timeout, err)
+    == 0 ? 0 : -1;
 }
 
 int
@@ -501,9 +594,10 @@ blk_mark_zero (uint64_t first, uint64_t n, int *err)
 
   while (b < end) {
     pthread_mutex_lock (&lock);
-    while (b < end && (bitmap_get (b) || is_busy (b)))
+    while (b < end && (bitmap_get (b) || is_busy (b) || is_failed (b)))
       b++;
-    for (run = 0; b + run < end && !bitmap_get (b + run) && !is_busy (b + run);
+    for (run = 0; b + run < end && !bitmap_get (b + run) &&
+           !is_busy (b + run) && !is_failed (b + run);
          ++run)
       set_busy (b + run, true);
     pthread_mutex_unlock (&lock);
@@ -519,7 +613,7 @@ blk_mark_zero (uint64_t first, uint64_t n, int *err)
  * busy ones.
  */
 static int
-ensure_present (uint64_t offset, uint64_t count, int *err)
+ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
 {
   uint64_t b0 = offset / blk_size, b1 = (offset + count - 1) / blk_size;
   uint64_t first[MAX_RUNS], n[MAX_RUNS], b, maxlen = 0;
@@ -536,6 +630,16 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
     for (b = b0; b <= b1 && runs < MAX_RUNS; ++b) {
       if (bitmap_get (b))
         continue;
+      if (is_failed (b)) {
+        pthread_mutex_unlock (&lock);
+        for (i = 0; i < runs; ++i)
+          blk_release (first[i], n[i]);
+        nbdkit_error ("relocate: block %" PRIu64 " (offset %" PRIu64 ") "
+                      "cannot be read from the source (relocatectl retry)",
+                      b, b * blk_size);
+        *err = EIO;
+        return -1;
+      }
       if (is_busy (b)) {
         waiting = true;
         continue;
@@ -558,8 +662,10 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
       demand_fetches++;
     }
     if (runs == 0) {
-      pthread_cond_wait (&changed, &lock);
+      bool in_time = wait_changed (deadline);
       pthread_mutex_unlock (&lock);
+      if (!in_time)
+        return timed_out (b0, err);
       continue;
     }
     pthread_mutex_unlock (&lock);
@@ -584,7 +690,7 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
         blk_release (first[i], n[i]);
         continue;
       }
-      r = blk_fetch_claimed (first[i], n[i], buf, false, err);
+      r = fetch_run (first[i], n[i], buf, false, deadline, err) == 0 ? 0 : -1;
       __atomic_store_n (&demand_hint, first[i] + n[i], __ATOMIC_RELAXED);
     }
     free (buf);
@@ -593,6 +699,8 @@ ensure_present (uint64_t offset, uint64_t count, int *err)
     pthread_mutex_unlock (&lock);
     if (r == -1)
       return -1;
+    /* Progress: a long request (a 4G cache) gets the timeout again. */
+    deadline = MAX (deadline, state_now () + cfg.timeout);
   }
 }
 
@@ -600,7 +708,7 @@ int
 blk_read (void *buf, uint32_t count, uint64_t offset, int *err)
 {
   if (!__atomic_load_n (&all_present, __ATOMIC_ACQUIRE) &&
-      ensure_present (offset, count, err) == -1)
+      ensure_present (offset, count, state_now () + cfg.timeout, err) == -1)
     return -1;
   if (full_pread (buf, count, offset) == -1) {
     *err = errno;
@@ -613,7 +721,7 @@ blk_read (void *buf, uint32_t count, uint64_t offset, int *err)
 int
 blk_cache (uint32_t count, uint64_t offset, int *err)
 {
-  return ensure_present (offset, count, err);
+  return ensure_present (offset, count, state_now () + cfg.timeout, err);
 }
 
 /* What a modifying request does to the local file. */
@@ -621,29 +729,46 @@ enum op { OP_WRITE, OP_ZERO, OP_TRIM };
 
 /* Fetch block b, which this thread owns, into the local file. */
 static int
-fetch_owned_block (uint64_t b, int *err)
+fetch_owned_block (uint64_t b, double deadline, int *err)
 {
   uint64_t len = run_bytes (b, 1);
-  void *buf = blk_alloc_buffer (len);
+  void *buf;
   int r = -1;
 
+  pthread_mutex_lock (&lock);
+  r = is_failed (b) ? -1 : 0;
+  pthread_mutex_unlock (&lock);
+  if (r == -1) {
+    nbdkit_error ("relocate: block %" PRIu64 " (offset %" PRIu64 ") cannot "
+                  "be read from the source (relocatectl retry)",
+                  b, b * blk_size);
+    *err = EIO;
+    return -1;
+  }
+  buf = blk_alloc_buffer (len);
   if (buf == NULL) {
     *err = errno;
     nbdkit_error ("relocate: malloc: %m");
     return -1;
   }
-  if (upstream_pread (buf, len, b * blk_size, cfg.timeout, err) == 0) {
-    if (full_pwrite (buf, len, b * blk_size) == 0) {
+  r = upstream_pread (buf, len, b * blk_size, deadline, false, err);
+  if (r == UPSTREAM_REJECTED) {
+    pthread_mutex_lock (&lock);
+    set_failed (b, true);
+    pthread_mutex_unlock (&lock);
+    *err = EIO;
+  }
+  else if (r == 0) {
+    if (full_pwrite (buf, len, b * blk_size) == 0)
       STAT_ADD (fetched_demand, len);
-      r = 0;
-    }
     else {
       *err = errno;
       nbdkit_error ("relocate-file: write of block %" PRIu64 ": %m", b);
+      r = -1;
     }
   }
   free (buf);
-  return r;
+  return r == 0 ? 0 : -1;
 }
 
 /* Apply a write, zero or trim to the local file. */
@@ -679,6 +804,7 @@ static int
 modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
         bool flag, int *err)
 {
+  double deadline = state_now () + cfg.timeout;
   uint64_t b0 = offset / blk_size, b1 = (offset + count - 1) / blk_size;
   uint64_t end = offset + count, b;
   bool head_partial, tail_partial, head_absent, tail_absent;
@@ -691,7 +817,10 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
  again:
   for (b = b0; b <= b1; ++b) {
     if (is_busy (b)) {
-      pthread_cond_wait (&changed, &lock);
+      if (!wait_changed (deadline)) {
+        pthread_mutex_unlock (&lock);
+        return timed_out (b, err);
+      }
       goto again;
     }
   }
@@ -709,9 +838,9 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
   r = 0;
   if (op != OP_TRIM) {
     if (head_partial && head_absent)
-      r = fetch_owned_block (b0, err);
+      r = fetch_owned_block (b0, deadline, err);
     if (r == 0 && b1 != b0 && tail_partial && tail_absent)
-      r = fetch_owned_block (b1, err);
+      r = fetch_owned_block (b1, deadline, err);
   }
   if (r == 0)
     r = local_op (op, buf, count, offset, flag, err);
@@ -920,7 +1049,7 @@ blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t limit,
   b = start;
   for (;;) {
     b = bitmap_next_absent (b);
-    while (b < limit && is_busy (b))
+    while (b < limit && (is_busy (b) || is_failed (b)))
       b = bitmap_next_absent (b + 1);
     if (b < limit)
       break;
@@ -933,7 +1062,8 @@ blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t limit,
   }
   *first = b;
   *n = 0;
-  while (b < limit && *n < max && !bitmap_get (b) && !is_busy (b)) {
+  while (b < limit && *n < max && !bitmap_get (b) && !is_busy (b) &&
+         !is_failed (b)) {
     set_busy (b, true);
     ++*n;
     ++b;
@@ -965,6 +1095,30 @@ blk_present_bytes (void)
     r -= (uint64_t) blk_nblocks * blk_size - blk_export_size;
   pthread_mutex_unlock (&lock);
   return r;
+}
+
+uint64_t
+blk_failed_blocks (uint64_t *first, size_t max, size_t *n)
+{
+  uint64_t b, r;
+
+  pthread_mutex_lock (&lock);
+  r = nfailed;
+  *n = 0;
+  for (b = 0; b < blk_nblocks && *n < max && r > 0; ++b)
+    if (is_failed (b))
+      first[(*n)++] = b;
+  pthread_mutex_unlock (&lock);
+  return r;
+}
+
+void
+blk_retry_failed (void)
+{
+  pthread_mutex_lock (&lock);
+  memset (failed, 0, bitmap_bits_size (blk_nblocks));
+  nfailed = 0;
+  pthread_mutex_unlock (&lock);
 }
 
 void

@@ -5,7 +5,8 @@
  * thread that is fetching or writing it) or present.  Only the owner
  * of a busy block writes it, so a fetch can never overwrite a newer
  * client write, and two readers of one absent block fetch it once.
- * Blocks go absent -> busy -> present, or back to absent on failure.
+ * Blocks go absent -> busy -> present, or back to absent on failure;
+ * a block the source rejects every time is marked failed.
  *
  * Middle layer: over upstream.c (fetches), bitmap.c, state.c and
  * params.c; called by the callbacks, the background copy and control.
@@ -15,6 +16,7 @@
 #define RELOCATE_BLK_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <nbdkit-filter.h>
@@ -64,10 +66,10 @@ bool blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t limit,
                      uint64_t *first, uint64_t *n);
 
 /* Fetch a claimed run from the source into buf (n * blk_size bytes),
- * store it and mark it present; on failure the run is released.
+ * store it and mark it present; on failure the run is released, and
+ * blocks the source rejects every time are marked failed.
  */
-int blk_fetch_claimed (uint64_t first, uint64_t n, void *buf,
-                       bool background, int *err);
+int blk_fetch_claimed (uint64_t first, uint64_t n, void *buf, int *err);
 
 /* Mark a claimed run present as zeroes (punching a hole). */
 int blk_zero_claimed (uint64_t first, uint64_t n, int *err);
@@ -82,6 +84,12 @@ void *blk_alloc_buffer (uint64_t len);
 
 /* Release a claimed run unchanged. */
 void blk_release (uint64_t first, uint64_t n);
+
+/* Blocks the source rejects: how many, and the first up to max of them
+ * in first[0..*n).  blk_retry_failed lets them be fetched again.
+ */
+uint64_t blk_failed_blocks (uint64_t *first, size_t max, size_t *n);
+void blk_retry_failed (void);
 
 /* Counters. */
 uint64_t blk_present_blocks (void);

@@ -77,7 +77,7 @@ control_parse (const char *line, struct control_cmd *cmd,
   static const struct { const char *name; enum control_verb verb; } verbs[] = {
     { "status", CMD_STATUS }, { "start", CMD_START }, { "pause", CMD_PAUSE },
     { "resume", CMD_RESUME }, { "rate", CMD_RATE },
-    { "reconnect", CMD_RECONNECT },
+    { "reconnect", CMD_RECONNECT }, { "retry", CMD_RETRY },
   };
   g_auto (GStrv) words = NULL;
   g_autofree char *copy = NULL;
@@ -170,7 +170,14 @@ reply_status (GString *out)
   double gained = STAT_GET (fetched_demand) + STAT_GET (fetched_background) +
     STAT_GET (skipped_zero);
 
+  unsigned up, wanted, abandoned;
+  uint64_t first_failed[8], nfailed;
+  size_t nfirst, i;
+
   upstream_last_error (err, sizeof err);
+  upstream_counts (&up, &wanted, &abandoned);
+  nfailed = blk_failed_blocks (first_failed, G_N_ELEMENTS (first_failed),
+                               &nfirst);
   g_string_append_printf (out, "{\"ok\":true,\"state\":\"%s\"", state_name (state));
   g_string_append_printf (out, ",\"size\":%" PRIu64, blk_export_size);
   g_string_append_printf (out, ",\"present_bytes\":%" PRIu64, present);
@@ -200,7 +207,16 @@ reply_status (GString *out)
                           cfg.background ? "true" : "false");
   g_string_append_printf (out, ",\"rate\":%" PRIu64, state_rate ());
   g_string_append_printf (out, ",\"upstream_connected\":%s",
-                          upstream_connected () ? "true" : "false");
+                          up > 0 ? "true" : "false");
+  g_string_append_printf (out, ",\"connections\":%u", up);
+  g_string_append_printf (out, ",\"connections_wanted\":%u", wanted);
+  g_string_append_printf (out, ",\"connections_abandoned\":%u", abandoned);
+  g_string_append_printf (out, ",\"failed_blocks\":%" PRIu64, nfailed);
+  g_string_append (out, ",\"failed_offsets\":[");
+  for (i = 0; i < nfirst; ++i)
+    g_string_append_printf (out, "%s%" PRIu64, i ? "," : "",
+                            first_failed[i] * blk_size);
+  g_string_append (out, "]");
   g_string_append (out, ",\"last_error\":");
   control_json_string (out, err);
   g_string_append (out, ",\"file\":");
@@ -236,6 +252,7 @@ execute (const char *line, GString *out)
   case CMD_RESUME: state_set_paused (false); bgcopy_kick (); break;
   case CMD_RATE: state_set_rate (cmd.rate); bgcopy_kick (); break;
   case CMD_RECONNECT: upstream_reconnect (); break;
+  case CMD_RETRY: blk_retry_failed (); bgcopy_kick (); break;
   }
   g_string_append (out, "{\"ok\":true}");
 }

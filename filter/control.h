@@ -16,6 +16,7 @@
 
 enum control_verb {
   CMD_STATUS, CMD_START, CMD_PAUSE, CMD_RESUME, CMD_RATE, CMD_RECONNECT,
+  CMD_RETRY,
 };
 
 struct control_cmd {

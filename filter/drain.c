@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -20,6 +21,7 @@
 
 #include "drain.h"
 #include "params.h"
+#include "state.h"
 
 static int pipefd[2] = { -1, -1 };   /* the signal handler writes 'T' */
 static pthread_t thread;
@@ -28,7 +30,9 @@ static bool running;
 static GMutex lock;
 static GCond gone;                   /* clients reached 0 */
 static unsigned clients;
+static double last_left;             /* when the last client left */
 static bool draining;
+static void (*give_up_fn) (void);
 
 static void
 on_signal (int sig)
@@ -108,19 +112,22 @@ collect_listener (int fd, bool listening, struct address *a, void *opaque)
   g_array_append_val (listeners, *a);
 }
 
-/* Stop nbdkit reading from a connection accepted on a listener. */
+/* How to shut down each client connection, and the listeners. */
+struct shut { GArray *listeners; int how; };
+
+/* Shut down (SHUT_RD or SHUT_RDWR) a connection accepted on a listener. */
 static void
-stop_reading (int fd, bool listening, struct address *a, void *opaque)
+shut_client (int fd, bool listening, struct address *a, void *opaque)
 {
-  GArray *listeners = opaque;
+  struct shut *sh = opaque;
   guint i;
 
   if (listening)
     return;
-  for (i = 0; i < listeners->len; ++i) {
-    struct address *l = &g_array_index (listeners, struct address, i);
+  for (i = 0; i < sh->listeners->len; ++i) {
+    struct address *l = &g_array_index (sh->listeners, struct address, i);
     if (same_address (&l->ss, l->len, &a->ss, a->len)) {
-      shutdown (fd, SHUT_RD);
+      shutdown (fd, sh->how);
       return;
     }
   }
@@ -132,21 +139,43 @@ drain (void)
 {
   g_autoptr (GArray) listeners = g_array_new (false, false,
                                               sizeof (struct address));
-  gint64 deadline = g_get_monotonic_time () +
-    (cfg.timeout + 1) * G_TIME_SPAN_SECOND;
+  gint64 deadline = g_get_monotonic_time () + DRAIN_SECONDS * G_TIME_SPAN_SECOND;
+  struct shut sh = { .listeners = listeners, .how = SHUT_RD };
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
 
   draining = true;
   for_each_socket (collect_listener, listeners);
   if (listeners->len > 0) {
     nbdkit_debug ("relocate: stopping: letting %u clients finish", clients);
-    for_each_socket (stop_reading, listeners);
+    for_each_socket (shut_client, &sh);
     while (clients > 0)
       if (!g_cond_wait_until (&gone, &lock, deadline))
         break;
+    if (clients > 0) {
+      nbdkit_debug ("relocate: stopping: closing %u clients without a reply",
+                    clients);
+      sh.how = SHUT_RDWR;
+      for_each_socket (shut_client, &sh);
+    }
   }
-  nbdkit_debug ("relocate: stopping: %u clients left", clients);
+  g_mutex_unlock (&lock);
+  if (give_up_fn)
+    give_up_fn ();
+  g_mutex_lock (&lock);
   nbdkit_shutdown ();
+}
+
+/* relocate-standby-timeout: still in standby with no client for that
+ * long (its QEMU never came)?
+ */
+static bool
+standby_expired (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  return cfg.standby_timeout > 0 && clients == 0 &&
+    state_now () - last_left >= cfg.standby_timeout &&
+    state_get () == STATE_STANDBY;
 }
 
 static void *
@@ -155,15 +184,28 @@ drain_thread (void *arg)
   struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
   char c = 0;
 
-  while (poll (&p, 1, -1) == -1 && errno == EINTR)
-    ;
-  if (read (pipefd[0], &c, 1) == 1 && c == 'T')
+  for (;;) {
+    int r = poll (&p, 1, 1000);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == 0 && standby_expired ()) {
+      nbdkit_debug ("relocate: no client in standby for %u s "
+                    "(relocate-standby-timeout): stopping", cfg.standby_timeout);
+      fprintf (stderr, "nbdkit: relocate: no client in standby for %u s "
+               "(relocate-standby-timeout): stopping\n", cfg.standby_timeout);
+      c = 'T';
+      break;
+    }
+    if (r == 1 && read (pipefd[0], &c, 1) == 1)
+      break;
+  }
+  if (c == 'T')
     drain ();
   return arg;
 }
 
 int
-drain_start (void)
+drain_start (void (*give_up) (void))
 {
   struct sigaction sa = { .sa_handler = on_signal };
   int e;
@@ -179,6 +221,8 @@ drain_start (void)
     return -1;
   }
   running = true;
+  give_up_fn = give_up;
+  last_left = state_now ();
   sigemptyset (&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
   if (sigaction (SIGTERM, &sa, NULL) == -1 ||
@@ -215,6 +259,8 @@ drain_client_close (void)
 {
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
 
-  if (--clients == 0)
+  if (--clients == 0) {
+    last_left = state_now ();
     g_cond_broadcast (&gone);
+  }
 }

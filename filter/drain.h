@@ -4,12 +4,19 @@
  * which a guest sees as an I/O error, and it waits for idle clients
  * before it exits.  So the filter takes SIGTERM and SIGINT itself: it
  * stops nbdkit reading requests (shutdown (SHUT_RD) of each client's
- * socket), lets the requests in flight finish and be answered, waits
- * until every client has gone (at most relocate-timeout + 1 s), and
- * only then asks nbdkit to exit.  A client that reconnects resends
- * whatever got no reply; nothing it was told succeeded is lost.
+ * socket) and lets the requests in flight finish and be answered.
+ * Those still running after DRAIN_SECONDS (a source that does not
+ * answer) are given up: their connections are shut down entirely, so
+ * that no reply, not even an error, can reach the client, and the
+ * give_up function passed to drain_start makes them return.  Then
+ * nbdkit is asked to exit.  A client that reconnects resends whatever
+ * got no reply; nothing it was told succeeded is lost.
  *
- * Bottom layer: uses params.c only.
+ * With relocate-standby-timeout, the same stop happens by itself when
+ * the relocation is still in standby and no client has been connected
+ * for that long (a migration that failed before its QEMU came).
+ *
+ * Bottom layer: uses params.c and state.c.
  */
 
 #ifndef RELOCATE_DRAIN_H
@@ -17,8 +24,10 @@
 
 #include <stdbool.h>
 
+#define DRAIN_SECONDS 1
+
 /* Take over SIGTERM and SIGINT (in .after_fork). */
-int drain_start (void);
+int drain_start (void (*give_up) (void));
 
 /* Stop the drain thread (in .cleanup). */
 void drain_stop (void);

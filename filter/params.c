@@ -18,6 +18,7 @@ struct config cfg = {
   .start = START_ON_WRITE,
   .background = true,
   .workers = 8,
+  .connections = 4,
   .request_size = 4 * 1024 * 1024,
   .timeout = 60,
   .sync_interval = 5,
@@ -171,6 +172,10 @@ params_set (const char *key, const char *value)
     return parse_bool (value, &cfg.direct);
   if (strcmp (key, "relocate-workers") == 0)
     return parse_unsigned (key, value, 1, 64, &cfg.workers);
+  if (strcmp (key, "relocate-connections") == 0)
+    return parse_unsigned (key, value, 1, 16, &cfg.connections);
+  if (strcmp (key, "relocate-standby-timeout") == 0)
+    return parse_unsigned (key, value, 0, 7 * 86400, &cfg.standby_timeout);
   if (strcmp (key, "relocate-timeout") == 0)
     return parse_unsigned (key, value, 1, 86400, &cfg.timeout);
   if (strcmp (key, "relocate-sync-interval") == 0)

@@ -24,12 +24,14 @@ struct config {
   enum start_mode start;       /* relocate-start */
   bool background;             /* relocate-background */
   unsigned workers;            /* relocate-workers */
+  unsigned connections;        /* relocate-connections */
   uint32_t request_size;       /* relocate-request-size */
   uint64_t rate;               /* relocate-rate, initial, 0 = unlimited */
   uint32_t readahead;          /* relocate-readahead, max demand window */
   bool zero_detect;            /* relocate-zero-detect */
   bool direct;                 /* relocate-direct */
   unsigned timeout;            /* relocate-timeout, seconds */
+  unsigned standby_timeout;    /* relocate-standby-timeout, seconds, 0 = never */
   unsigned sync_interval;      /* relocate-sync-interval, seconds */
   char source_id[256];         /* the nbd plugin's source parameters */
 };
@@ -57,12 +59,15 @@ int params_complete (void);
   "relocate-start=MODE        immediate | on-write (default) | manual.\n" \
   "relocate-background=BOOL   Copy absent blocks in the background.\n" \
   "relocate-workers=N         Background requests in flight (default 8).\n" \
+  "relocate-connections=N     Connections to the source (default 4).\n" \
   "relocate-request-size=SIZE Background request size (default 4M).\n" \
   "relocate-rate=SIZE         Background bytes per second (0 = unlimited).\n" \
   "relocate-readahead=SIZE    Max readahead for sequential reads (default 4M).\n" \
   "relocate-zero-detect=BOOL  Store fetched zero blocks as holes (default true).\n" \
   "relocate-direct=BOOL       Write fetched data with O_DIRECT (default true).\n" \
   "relocate-timeout=SECS      Wait for the source this long (default 60).\n" \
+  "relocate-standby-timeout=SECS Exit after this long in standby with no\n" \
+  "                           client (default 0: never).\n" \
   "relocate-sync-interval=SECS Persist progress this often (default 5).\n" \
   "relocate-control=SOCKET    Unix socket for relocatectl.\n" \
   "relocate-control-mode=MODE Its permissions (default 0600)."

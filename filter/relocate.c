@@ -29,6 +29,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
@@ -116,7 +118,7 @@ relocate_after_fork (nbdkit_backend *backend)
   }
   if (cfg.control && control_start (cfg.control, cfg.control_mode) == -1)
     return -1;
-  return drain_start ();
+  return drain_start (upstream_give_up);
 }
 
 static void
@@ -124,9 +126,11 @@ relocate_cleanup (nbdkit_backend *backend)
 {
   int err;
 
+  bool closed;
+
   drain_stop ();
   control_stop ();
-  upstream_stop ();
+  closed = upstream_stop ();
   bgcopy_stop ();
   if (state_get () != STATE_STANDBY) {
     blk_save_counters ();
@@ -134,6 +138,14 @@ relocate_cleanup (nbdkit_backend *backend)
   }
   blk_close ();
   bitmap_unload ();
+  /* A thread stuck in the nbd plugin on a source that does not answer
+   * would run into the plugin's code after nbdkit unloads it: leave
+   * now, everything of ours is durable.
+   */
+  if (!closed) {
+    nbdkit_debug ("relocate: the source does not answer; exiting now");
+    _exit (EXIT_SUCCESS);
+  }
 }
 
 /* ---- Per-connection callbacks ---- */
@@ -179,9 +191,12 @@ static int
 relocate_block_size (nbdkit_next *next, void *h,
                      uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
+  /* Any alignment: reads of the source are aligned to its minimum.
+   * nbdkit 1.32 refuses requests over 64M; QEMU sends at most 32M.
+   */
   *minimum = 1;
   *preferred = 4096;
-  *maximum = 0xffffffff;
+  *maximum = 32 * 1024 * 1024;
   return 0;
 }
 
@@ -233,7 +248,9 @@ relocate_pread (nbdkit_next *next, void *h, void *buf, uint32_t count,
 {
   client_begin ();
   if (state_get () == STATE_STANDBY)
-    return client_end (upstream_pread (buf, count, offset, cfg.timeout, err));
+    return client_end (upstream_pread (buf, count, offset,
+                                       state_now () + cfg.timeout, false, err)
+                       == 0 ? 0 : -1);
   return client_end (blk_read (buf, count, offset, err));
 }
 

@@ -59,7 +59,9 @@ uint64_t state_rate (void);
  * saw it and by what cured it: a source that comes back clears only
  * the source's failure, never the local file's.
  */
-enum failure_cause { FAILURE_LOCAL, FAILURE_SOURCE, FAILURE_CAUSES };
+enum failure_cause {
+  FAILURE_LOCAL, FAILURE_SOURCE, FAILURE_BLOCKS, FAILURE_CAUSES
+};
 void state_set_failure (enum failure_cause cause, const char *why);
 void state_clear_failure (enum failure_cause cause);
 char *state_failure (void);   /* the first cause's, or NULL: g_free it */

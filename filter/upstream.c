@@ -1,12 +1,12 @@
-/* nbdkit-relocate: the one shared connection to the source. */
+/* nbdkit-relocate: the connections to the source. */
 
 #include <config.h>
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <glib.h>
 #include <nbdkit-filter.h>
@@ -16,40 +16,76 @@
 #include "upstream.h"
 
 #define MAX_REQUEST (32 * 1024 * 1024)
-#define MAX_BACKOFF 4            /* seconds between connection attempts */
+#define MAX_BACKOFF 4.0          /* seconds between connection attempts */
+#define MAX_ABANDONED 8          /* stuck connections; then open no more */
+#define REJECT_TRIES 3           /* a rejected request is tried this often */
+#define CHECK_SECONDS 0.2        /* how often the supervisor looks */
 
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cond;      /* CLOCK_MONOTONIC; any change below */
+/* A connection: one context on the nbd plugin and its threads. */
+enum conn_state {
+  CONN_OPENING,                  /* an opener thread is connecting */
+  CONN_UP,                       /* its threads take requests */
+  CONN_BROKEN,                   /* failed: closed once its requests end */
+  CONN_STUCK,                    /* abandoned: it did not answer in time */
+};
+
+struct conn {
+  enum conn_state state;
+  nbdkit_next *next;             /* once opened */
+  double since;                  /* when it started opening */
+  int64_t size;                  /* the source's size it saw */
+  unsigned threads;              /* its executor threads still running */
+  GQueue active;                 /* its requests being carried out */
+  uint64_t good_offset;          /* a read there last succeeded */
+};
+
+/* A request, owned by its caller and by the connection that carries it
+ * out: whichever lets go last frees it.
+ */
+enum op { OP_PREAD, OP_EXTENTS };
+
+struct request {
+  enum op op;
+  uint64_t offset;               /* as sent: aligned to the source */
+  uint32_t count;
+  void *buf;                     /* OP_PREAD: count bytes */
+  struct nbdkit_extents *extents; /* OP_EXTENTS */
+  struct conn *conn;             /* once started */
+  double started;
+  bool done;
+  int r, err;
+  unsigned refs;
+};
+
+/* lock covers everything below.  Executors wait on work, signalled for
+ * each queued request; everyone else waits on changed, broadcast when a
+ * request ends.  Both are broadcast when a connection changes state or
+ * we stop.
+ */
+static GMutex lock;
+static GCond work, changed;
+static GQueue queue = G_QUEUE_INIT;      /* requests not yet started */
+static GPtrArray *conns;                 /* every connection not yet freed */
 static nbdkit_backend *backend;
-static nbdkit_next *next;        /* NULL while not connected */
-static unsigned users;           /* threads inside a call on next */
-static bool broken;              /* close next once users reaches 0 */
-static bool detached;            /* complete: never connect again */
-static bool stopping;
-static bool running;
-static pthread_t thread;
-static uint64_t expected_size;
+static uint64_t expected_size;           /* 0: not known yet */
+static uint32_t min_block = 1;           /* the source's minimum block size */
 static uint32_t max_request = MAX_REQUEST;
 static bool can_extents;
+static bool detached, stopping, giving_up, reconnect_now;
 static char last_error[256];
-static struct timespec retry_at; /* next connection attempt */
-static bool reconnect_now;       /* relocatectl reconnect: skip back-off */
+static double retry_at, backoff = 1;
+static bool supervising;
+static pthread_t supervisor_thread;
 
-static pthread_once_t cond_once = PTHREAD_ONCE_INIT;
-
-static void
-init_cond (void)
+/* gint64 microseconds for g_cond_wait_until from state_now seconds. */
+static gint64
+until (double t)
 {
-  pthread_condattr_t attr;
-
-  pthread_condattr_init (&attr);
-  pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
-  pthread_cond_init (&cond, &attr);
-  pthread_condattr_destroy (&attr);
+  return g_get_monotonic_time () + (gint64) ((t - state_now ()) * 1e6);
 }
 
-/* Record why the source is not usable; the caller holds lock. */
-static void
+/* Record why the source is not usable; caller holds lock. */
+static void __attribute__ ((format (printf, 1, 2)))
 set_error (const char *fmt, ...)
 {
   va_list ap;
@@ -60,6 +96,25 @@ set_error (const char *fmt, ...)
   nbdkit_debug ("relocate: upstream: %s", last_error);
 }
 
+/* Wake every thread: a connection changed state, or we stop. */
+static void
+wake_all (void)
+{
+  g_cond_broadcast (&work);
+  g_cond_broadcast (&changed);
+}
+
+static void
+unref (struct request *req)
+{
+  if (--req->refs > 0)
+    return;
+  free (req->buf);
+  if (req->extents)
+    nbdkit_extents_free (req->extents);
+  g_free (req);
+}
+
 static void
 close_context (nbdkit_next *n)
 {
@@ -67,134 +122,365 @@ close_context (nbdkit_next *n)
   nbdkit_next_context_close (n);
 }
 
-/* Open, prepare and query a context.  nbdkit requires get_size and
- * every can_* to be asked once before any I/O on a manual context.
+/* ---- Connections ---- */
+
+/* Open, prepare and query a context: nbdkit requires get_size and
+ * every can_* once before any I/O on a context opened by hand.  May
+ * block for ever on a source that never answers: only opener threads
+ * call it.
  */
 static nbdkit_next *
-open_context (int64_t *size)
+open_context (int64_t *size, uint32_t *minimum, uint32_t *maximum, int *ext)
 {
+  uint32_t preferred;
   nbdkit_next *n;
-  uint32_t minimum = 0, preferred = 0, maximum = 0;
-  int ext;
 
   n = nbdkit_next_context_open (backend, 1, "", 1);
   if (n == NULL)
     return NULL;
+  *minimum = *maximum = 0;
   if (n->prepare (n) == -1 ||
       (*size = n->get_size (n)) == -1 ||
       n->can_write (n) == -1 || n->can_flush (n) == -1 ||
       n->is_rotational (n) == -1 || n->can_trim (n) == -1 ||
       n->can_zero (n) == -1 || n->can_fast_zero (n) == -1 ||
-      (ext = n->can_extents (n)) == -1 || n->can_fua (n) == -1 ||
+      (*ext = n->can_extents (n)) == -1 || n->can_fua (n) == -1 ||
       n->can_multi_conn (n) == -1 || n->can_cache (n) == -1 ||
-      n->block_size (n, &minimum, &preferred, &maximum) == -1) {
+      n->block_size (n, minimum, &preferred, maximum) == -1) {
     close_context (n);
     return NULL;
   }
-  pthread_mutex_lock (&lock);
+  return n;
+}
+
+/* Take the source's block sizes; caller holds lock. */
+static void
+set_limits (uint32_t minimum, uint32_t maximum, int ext)
+{
   can_extents = ext > 0;
+  min_block = minimum > 1 ? minimum : 1;
   max_request = MAX_REQUEST;
   if (maximum > 0 && maximum < max_request)
-    max_request = maximum & ~(minimum > 1 ? minimum - 1 : 0);
-  pthread_mutex_unlock (&lock);
-  return n;
+    max_request = maximum;
+  max_request -= max_request % min_block;
+  if (max_request == 0)
+    max_request = min_block;
+}
+
+/* Was err a failure of the connection rather than of the request? */
+static bool
+connection_error (int err)
+{
+  switch (err) {
+  case ENOTCONN: case ESHUTDOWN: case ECONNRESET: case ECONNABORTED:
+  case EPIPE: case ETIMEDOUT: case EBADF: case ENETDOWN: case ENETUNREACH:
+  case EHOSTUNREACH:
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* Free c once its last thread is gone; caller holds lock, which is
+ * dropped while the context closes (that may take a while).
+ */
+static void
+free_conn (struct conn *c)
+{
+  g_ptr_array_remove_fast (conns, c);
+  wake_all ();
+  if (c->next) {
+    g_mutex_unlock (&lock);
+    close_context (c->next);
+    g_mutex_lock (&lock);
+  }
+  g_free (c);
+  wake_all ();
+}
+
+/* After a failed request: is the connection still good?  Read a little
+ * where a read last worked (or ask for block status).
+ */
+static bool
+probe (struct conn *c)
+{
+  g_autofree char *buf = g_malloc (min_block);
+  uint64_t off = c->good_offset;
+  int err;
+
+  if (off + min_block > expected_size)
+    off = 0;
+  return c->next->pread (c->next, buf, min_block, off, 0, &err) == 0;
+}
+
+/* Carry out one request on c; caller holds lock, dropped meanwhile. */
+static void
+execute (struct conn *c, struct request *req)
+{
+  nbdkit_next *n = c->next;
+  int r, err = 0;
+
+  req->conn = c;
+  req->started = state_now ();
+  g_queue_push_tail (&c->active, req);
+  g_mutex_unlock (&lock);
+  if (req->op == OP_PREAD)
+    r = n->pread (n, req->buf, req->count, req->offset, 0, &err);
+  else
+    r = n->extents (n, req->count, req->offset, 0, req->extents, &err);
+  /* A failure that is not obviously the connection's may be this
+   * request's alone (a bad block): the connection stays if a probe
+   * succeeds.
+   */
+  if (r == -1 && !connection_error (err) && !probe (c))
+    err = ECONNRESET;
+  g_mutex_lock (&lock);
+  g_queue_remove (&c->active, req);
+  if (r == 0 && req->op == OP_PREAD)
+    c->good_offset = req->offset;
+  if (r == -1 && connection_error (err) && c->state == CONN_UP) {
+    c->state = CONN_BROKEN;
+    set_error ("%s of %" PRIu32 " bytes at offset %" PRIu64 " failed: %s; "
+               "reconnecting", req->op == OP_PREAD ? "read" : "block status",
+               req->count, req->offset, g_strerror (err));
+    wake_all ();
+  }
+  req->r = r;
+  req->err = err;
+  req->done = true;
+  unref (req);
+  g_cond_broadcast (&changed);
+}
+
+/* A connection's thread: carries out queued requests while it is up. */
+static void *
+executor (void *arg)
+{
+  struct conn *c = arg;
+  struct request *req;
+
+  g_mutex_lock (&lock);
+  while (c->state == CONN_UP && !stopping && !detached) {
+    req = g_queue_pop_head (&queue);
+    if (req)
+      execute (c, req);
+    else
+      g_cond_wait (&work, &lock);
+  }
+  /* A request this thread was woken for goes to another. */
+  if (!g_queue_is_empty (&queue))
+    g_cond_signal (&work);
+  if (--c->threads == 0)
+    free_conn (c);
+  g_mutex_unlock (&lock);
+  return NULL;
+}
+
+/* Threads per connection: enough for the background workers and a
+ * few client requests over all connections.
+ */
+static unsigned
+threads_per_conn (void)
+{
+  unsigned total = cfg.workers + 8;
+  return MAX (2, (total + cfg.connections - 1) / cfg.connections);
+}
+
+/* Opens c; if it was abandoned meanwhile, closes what it opened. */
+static void *
+opener (void *arg)
+{
+  struct conn *c = arg;
+  uint32_t minimum, maximum;
+  int64_t size = -1;
+  int ext = 0;
+  nbdkit_next *n = open_context (&size, &minimum, &maximum, &ext);
+  unsigned i;
+  pthread_t t;
+
+  g_mutex_lock (&lock);
+  if (n && expected_size && (uint64_t) size != expected_size) {
+    nbdkit_error ("relocate: the source now has size %" PRIi64 ", not %"
+                  PRIu64 ": refusing it, serving only present blocks",
+                  size, expected_size);
+    set_error ("source size changed to %" PRIi64 " (expected %" PRIu64 ")",
+               size, expected_size);
+    state_set_failure (FAILURE_SOURCE, last_error);
+    g_mutex_unlock (&lock);
+    close_context (n);
+    g_mutex_lock (&lock);
+    n = NULL;
+  }
+  if (n && c->state == CONN_OPENING && !stopping && !detached) {
+    c->next = n;
+    c->size = size;
+    c->state = CONN_UP;
+    set_limits (minimum, maximum, ext);
+    last_error[0] = '\0';
+    backoff = 1;
+    state_clear_failure (FAILURE_SOURCE);
+    nbdkit_debug ("relocate: upstream connected (%u up)",
+                  conns ? conns->len : 0);
+    for (i = threads_per_conn (); i > 0; --i) {
+      if (pthread_create (&t, NULL, executor, c) == 0) {
+        pthread_detach (t);
+        c->threads++;
+      }
+    }
+    if (c->threads > 0) {
+      wake_all ();
+      g_mutex_unlock (&lock);
+      return NULL;
+    }
+    c->state = CONN_BROKEN;
+  }
+  if (n == NULL && c->state == CONN_OPENING) {
+    if (last_error[0] == '\0' || detached)
+      set_error ("cannot connect to the source");
+    retry_at = state_now () + backoff;
+    backoff = MIN (backoff * 2, MAX_BACKOFF);
+  }
+  c->next = n;                   /* closed by free_conn */
+  free_conn (c);
+  g_mutex_unlock (&lock);
+  return NULL;
+}
+
+/* Start opening a new connection; caller holds lock. */
+static struct conn *
+open_conn (void)
+{
+  struct conn *c = g_new0 (struct conn, 1);
+  pthread_t t;
+
+  c->state = CONN_OPENING;
+  c->since = state_now ();
+  g_queue_init (&c->active);
+  if (pthread_create (&t, NULL, opener, c) != 0) {
+    set_error ("cannot start a thread: %s", g_strerror (errno));
+    g_free (c);
+    return NULL;
+  }
+  pthread_detach (t);
+  g_ptr_array_add (conns, c);
+  return c;
+}
+
+/* Count the connections in each state; caller holds lock. */
+static void
+count_locked (unsigned *up, unsigned *opening, unsigned *stuck)
+{
+  guint i;
+
+  *up = *opening = *stuck = 0;
+  for (i = 0; i < conns->len; ++i) {
+    struct conn *c = g_ptr_array_index (conns, i);
+    switch (c->state) {
+    case CONN_UP: (*up)++; break;
+    case CONN_OPENING: (*opening)++; break;
+    case CONN_STUCK: (*stuck)++; break;
+    case CONN_BROKEN: break;
+    }
+  }
+}
+
+/* Abandon connections that overstay relocate-timeout: an open that has
+ * not finished, or a request without a reply.  Caller holds lock.
+ */
+static void
+abandon_overdue (double now)
+{
+  guint i;
+
+  for (i = 0; i < conns->len; ++i) {
+    struct conn *c = g_ptr_array_index (conns, i);
+    struct request *oldest = g_queue_peek_head (&c->active);
+
+    if (c->state == CONN_OPENING && now - c->since >= cfg.timeout) {
+      c->state = CONN_STUCK;
+      set_error ("the source did not complete the handshake in %u s",
+                 cfg.timeout);
+      retry_at = now + backoff;
+      backoff = MIN (backoff * 2, MAX_BACKOFF);
+    }
+    else if (c->state == CONN_UP && oldest &&
+             now - oldest->started >= cfg.timeout) {
+      c->state = CONN_STUCK;
+      set_error ("no reply from the source in %u s: abandoned a connection",
+                 cfg.timeout);
+      wake_all ();                   /* its idle threads go */
+    }
+  }
+}
+
+/* The supervisor: keeps relocate-connections connections open. */
+static void *
+supervisor (void *arg)
+{
+  unsigned up, opening, stuck;
+  double now;
+  guint i;
+
+  g_mutex_lock (&lock);
+  while (!stopping) {
+    now = state_now ();
+    abandon_overdue (now);
+    if (reconnect_now) {
+      reconnect_now = false;
+      for (i = 0; i < conns->len; ++i) {
+        struct conn *c = g_ptr_array_index (conns, i);
+        if (c->state == CONN_UP)
+          c->state = CONN_BROKEN;
+      }
+      retry_at = now;
+      backoff = 1;
+      wake_all ();
+    }
+    count_locked (&up, &opening, &stuck);
+    if (!detached && up + opening < cfg.connections &&
+        stuck < MAX_ABANDONED && now >= retry_at) {
+      /* While nothing is up, one attempt at a time. */
+      if (up > 0 || opening == 0)
+        open_conn ();
+    }
+    g_cond_wait_until (&changed, &lock, until (now + CHECK_SECONDS));
+  }
+  g_mutex_unlock (&lock);
+  return arg;
+}
+
+static void
+init (nbdkit_backend *b)
+{
+  backend = b;
+  if (conns == NULL)
+    conns = g_ptr_array_new ();
 }
 
 int
 upstream_connect_once (nbdkit_backend *b, int64_t *size)
 {
-  nbdkit_next *n;
+  double deadline = state_now () + cfg.timeout;
+  struct conn *c;
 
-  backend = b;
-  n = open_context (size);
-  pthread_mutex_lock (&lock);
-  if (n == NULL)
-    set_error ("cannot connect to the source");
-  else if (next == NULL)
-    next = n, n = NULL;
-  pthread_mutex_unlock (&lock);
-  if (n)
-    close_context (n);
-  return next ? 0 : -1;
-}
-
-static void
-deadline_in (struct timespec *ts, unsigned seconds)
-{
-  clock_gettime (CLOCK_MONOTONIC, ts);
-  ts->tv_sec += seconds;
-}
-
-static bool
-past (const struct timespec *ts)
-{
-  struct timespec now;
-
-  clock_gettime (CLOCK_MONOTONIC, &now);
-  return now.tv_sec > ts->tv_sec ||
-    (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
-}
-
-/* The supervisor: keeps one good context open until detached. */
-static void *
-supervisor (void *arg)
-{
-  unsigned backoff = 1;
-  int64_t size;
-  nbdkit_next *n;
-
-  pthread_mutex_lock (&lock);
-  while (!stopping) {
-    if (next && (broken || detached) && users == 0) {
-      n = next;
-      next = NULL;
-      broken = false;
-      pthread_mutex_unlock (&lock);
-      close_context (n);
-      pthread_mutex_lock (&lock);
-      pthread_cond_broadcast (&cond);
-      continue;
-    }
-    if (next == NULL && !detached && (reconnect_now || past (&retry_at))) {
-      reconnect_now = false;
-      pthread_mutex_unlock (&lock);
-      n = open_context (&size);
-      if (n && (uint64_t) size != expected_size) {
-        close_context (n);
-        pthread_mutex_lock (&lock);
-        nbdkit_error ("relocate: the source now has size %" PRIi64
-                      ", not %" PRIu64 ": refusing it, serving only "
-                      "present blocks", size, expected_size);
-        set_error ("source size changed to %" PRIi64 " (expected %" PRIu64 ")",
-                   size, expected_size);
-        state_set_failure (FAILURE_SOURCE, last_error);
-        n = NULL;
-      }
-      else
-        pthread_mutex_lock (&lock);
-      if (n) {
-        next = n;
-        backoff = 1;
-        last_error[0] = '\0';
-        state_clear_failure (FAILURE_SOURCE);
-        nbdkit_debug ("relocate: upstream connected");
-        pthread_cond_broadcast (&cond);
-      }
-      else {
-        if (last_error[0] == '\0')
-          set_error ("cannot connect to the source");
-        deadline_in (&retry_at, backoff);
-        backoff = MIN (backoff * 2, MAX_BACKOFF);
-      }
-      continue;
-    }
-    if (next == NULL && !detached)
-      pthread_cond_timedwait (&cond, &lock, &retry_at);
-    else
-      pthread_cond_wait (&cond, &lock);
+  init (b);
+  g_mutex_lock (&lock);
+  c = open_conn ();
+  while (c && c->state == CONN_OPENING && state_now () < deadline)
+    g_cond_wait_until (&changed, &lock, until (deadline));
+  /* c may be freed (the open failed): look it up again. */
+  if (c && g_ptr_array_find (conns, c, NULL) && c->state == CONN_UP) {
+    *size = c->size;
+    g_mutex_unlock (&lock);
+    return 0;
   }
-  pthread_mutex_unlock (&lock);
-  return arg;
+  if (c && g_ptr_array_find (conns, c, NULL) && c->state == CONN_OPENING) {
+    c->state = CONN_STUCK;
+    set_error ("the source did not complete the handshake in %u s",
+               cfg.timeout);
+  }
+  g_mutex_unlock (&lock);
+  return -1;
 }
 
 int
@@ -202,206 +488,288 @@ upstream_start (nbdkit_backend *b, uint64_t size)
 {
   int e;
 
-  pthread_once (&cond_once, init_cond);
-  backend = b;
+  init (b);
+  g_mutex_lock (&lock);
   expected_size = size;
-  e = pthread_create (&thread, NULL, supervisor, NULL);
+  g_mutex_unlock (&lock);
+  e = pthread_create (&supervisor_thread, NULL, supervisor, NULL);
   if (e) {
     errno = e;
     nbdkit_error ("relocate: pthread_create: %m");
     return -1;
   }
-  running = true;
+  supervising = true;
   return 0;
 }
 
-void
+bool
 upstream_stop (void)
 {
-  nbdkit_next *n;
+  double deadline = state_now () + 0.5;
+  struct request *req;
+  bool clean;
 
-  pthread_once (&cond_once, init_cond);
-
-  pthread_mutex_lock (&lock);
+  if (conns == NULL)
+    return true;
+  g_mutex_lock (&lock);
   stopping = true;
-  pthread_cond_broadcast (&cond);
-  pthread_mutex_unlock (&lock);
-  if (running)
-    pthread_join (thread, NULL);
-  running = false;
-  pthread_mutex_lock (&lock);
-  while (users > 0)             /* requests still on the wire */
-    pthread_cond_wait (&cond, &lock);
-  n = next;
-  next = NULL;
-  pthread_mutex_unlock (&lock);
-  if (n)
-    close_context (n);
+  wake_all ();
+  g_mutex_unlock (&lock);
+  if (supervising)
+    pthread_join (supervisor_thread, NULL);
+  supervising = false;
+
+  g_mutex_lock (&lock);
+  while ((req = g_queue_pop_head (&queue)) != NULL) {
+    req->r = -1;
+    req->err = ESHUTDOWN;
+    req->done = true;
+    unref (req);
+  }
+  g_cond_broadcast (&changed);
+  /* Idle threads leave and close their context; a stuck one cannot. */
+  while (conns->len > 0 && state_now () < deadline)
+    g_cond_wait_until (&changed, &lock, until (deadline));
+  clean = conns->len == 0;
+  if (!clean)
+    nbdkit_debug ("relocate: %u connections to the source cannot be closed",
+                  conns->len);
+  g_mutex_unlock (&lock);
+  return clean;
 }
 
-/* Wait until connected (or the deadline), then hold a reference. */
-static nbdkit_next *
-get (const struct timespec *deadline)
+/* ---- Requests ---- */
+
+/* Queue a request for [offset, offset+count) of the source. */
+static struct request *
+submit (enum op op, uint64_t offset, uint32_t count)
 {
-  nbdkit_next *n = NULL;
+  struct request *req = g_new0 (struct request, 1);
 
-  pthread_mutex_lock (&lock);
-  while (!detached && !stopping && (next == NULL || broken)) {
-    if (pthread_cond_timedwait (&cond, &lock, deadline) == ETIMEDOUT)
-      break;
-  }
-  if (next && !broken && !detached && !stopping) {
-    n = next;
-    users++;
-  }
-  pthread_mutex_unlock (&lock);
-  return n;
+  req->op = op;
+  req->offset = offset;
+  req->count = count;
+  req->refs = 2;                 /* the caller's and the queue's */
+  if (op == OP_PREAD)
+    req->buf = g_malloc (count);
+  else
+    req->extents = nbdkit_extents_new (offset, offset + count);
+  g_queue_push_tail (&queue, req);
+  g_cond_signal (&work);
+  return req;
 }
 
-/* Drop the reference; after a failure have the context reopened. */
+/* Wait for req until t; true if it has finished.  Caller holds lock. */
+static bool
+wait_for (struct request *req, double t)
+{
+  while (!req->done && !stopping && !giving_up && state_now () < t)
+    g_cond_wait_until (&changed, &lock, until (t));
+  return req->done;
+}
+
+/* Give up on req: a reply that still comes is thrown away.  Caller
+ * holds lock.
+ */
 static void
-put (nbdkit_next *n, bool failed, const char *what, uint64_t offset, int err)
+withdraw (struct request *req)
 {
-  pthread_mutex_lock (&lock);
-  if (failed && n == next && !broken) {
-    broken = true;
-    set_error ("%s at offset %" PRIu64 " failed: %s; reconnecting",
-               what, offset, g_strerror (err));
-  }
-  if (--users == 0)
-    pthread_cond_broadcast (&cond);
-  pthread_mutex_unlock (&lock);
+  if (!req->done && req->conn == NULL && g_queue_remove (&queue, req))
+    unref (req);                 /* the queue's reference */
+  unref (req);                   /* ours */
 }
 
-/* Wait a moment before retrying, unless the deadline is near. */
-static void
-pause_before_retry (const struct timespec *deadline)
-{
-  struct timespec t;
+/* One piece of a read, as sent to the source. */
+struct piece {
+  uint64_t offset;
+  uint32_t count;
+  struct request *req;
+  unsigned rejected;             /* times the source rejected it */
+  double retry_at;
+};
 
-  deadline_in (&t, 0);
-  t.tv_nsec += 100 * 1000 * 1000;
-  if (t.tv_nsec >= 1000000000) {
-    t.tv_sec++;
-    t.tv_nsec -= 1000000000;
+/* Read [offset, offset+count) in aligned pieces the source accepts,
+ * in parallel, retrying failures until the deadline.  Caller holds
+ * lock.
+ */
+static int
+pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
+              int *err)
+{
+  uint64_t start = offset / min_block * min_block;
+  uint64_t end = MIN ((offset + count + min_block - 1) / min_block * min_block,
+                      MAX (expected_size, offset + count));
+  g_autofree struct piece *p = NULL;
+  size_t n = (end - start + max_request - 1) / max_request, i, left;
+  int r = 0;
+
+  p = g_new0 (struct piece, n);
+  for (i = 0; i < n; ++i) {
+    p[i].offset = start + i * (uint64_t) max_request;
+    p[i].count = MIN (max_request, end - p[i].offset);
   }
-  if (t.tv_sec > deadline->tv_sec ||
-      (t.tv_sec == deadline->tv_sec && t.tv_nsec > deadline->tv_nsec))
-    t = *deadline;
-  clock_nanosleep (CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL);
+  for (left = n; left > 0 && r == 0; ) {
+    double now = state_now (), next_try = deadline;
+
+    for (i = 0; i < n; ++i)
+      if (p[i].req == NULL && p[i].count && p[i].retry_at <= now)
+        p[i].req = submit (OP_PREAD, p[i].offset, p[i].count);
+      else if (p[i].req == NULL && p[i].count)
+        next_try = MIN (next_try, p[i].retry_at);
+    for (i = 0; i < n && r == 0; ++i) {
+      struct request *req = p[i].req;
+      if (req == NULL)
+        continue;
+      if (!wait_for (req, next_try)) {
+        if (state_now () >= deadline || stopping || giving_up) {
+          *err = EIO;
+          r = -1;
+        }
+        break;                  /* a retry is due: come back */
+      }
+      if (req->r == 0) {
+        /* Copy the part of the piece that was asked for. */
+        uint64_t a = MAX (offset, p[i].offset);
+        uint64_t b = MIN (offset + count, p[i].offset + p[i].count);
+        memcpy (buf + (a - offset), (char *) req->buf + (a - p[i].offset),
+                b - a);
+        p[i].count = 0;
+        left--;
+      }
+      else if (!connection_error (req->err) &&
+               ++p[i].rejected >= REJECT_TRIES) {
+        *err = req->err;
+        r = UPSTREAM_REJECTED;
+      }
+      else
+        p[i].retry_at = state_now () + 0.1 * (1 << p[i].rejected);
+      withdraw (req);
+      p[i].req = NULL;
+    }
+  }
+  for (i = 0; i < n; ++i)
+    if (p[i].req)
+      withdraw (p[i].req);
+  return r;
 }
 
 int
-upstream_pread (void *buf, uint32_t count, uint64_t offset, unsigned timeout,
-                int *err)
+upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
+                bool background, int *err)
 {
-  struct timespec deadline;
-  nbdkit_next *n;
-  uint32_t done = 0, len;
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  unsigned up, opening, stuck;
   int r;
 
-  deadline_in (&deadline, timeout);
-  while (done < count) {
-    n = get (&deadline);
-    if (n == NULL) {
-      if (timeout > 0)
-        nbdkit_error ("relocate: cannot read %" PRIu32 " bytes at offset %"
-                      PRIu64 " from the source: not connected (%s)",
-                      count - done, offset + done,
-                      detached ? "relocation complete" : "timed out");
-      *err = EIO;
-      return -1;
-    }
-    len = MIN (count - done, upstream_max_request ());
-    r = n->pread (n, (char *) buf + done, len, offset + done, 0, err);
-    put (n, r == -1, "read", offset + done, *err);
-    if (r == 0)
-      done += len;
-    else if (past (&deadline)) {
-      if (timeout > 0)
-        nbdkit_error ("relocate: read of %" PRIu32 " bytes at offset %" PRIu64
-                      " from the source failed: %s", len, offset + done,
-                      g_strerror (*err));
-      *err = EIO;
-      return -1;
-    }
-    else
-      pause_before_retry (&deadline);
+  count_locked (&up, &opening, &stuck);
+  if (detached || (background && up == 0)) {
+    *err = EIO;
+    return -1;
   }
-  return 0;
+  r = pread_locked (buf, count, offset, deadline, err);
+  if (r == -1)
+    nbdkit_error ("relocate: cannot read %" PRIu32 " bytes at offset %" PRIu64
+                  " from the source%s: %s", count, offset,
+                  background ? " (background copy)" : "",
+                  last_error[0] ? last_error : "no reply in time");
+  else if (r == UPSTREAM_REJECTED)
+    nbdkit_error ("relocate: the source rejects the read of %" PRIu32
+                  " bytes at offset %" PRIu64 ": %s", count, offset,
+                  g_strerror (*err));
+  return r;
 }
 
 int
 upstream_extents (uint32_t count, uint64_t offset,
                   struct nbdkit_extents *extents, int *err)
 {
-  struct timespec deadline;
-  nbdkit_next *n;
-  int r;
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  double deadline = state_now () + cfg.timeout;
+  uint64_t start = offset / min_block * min_block;
+  struct request *req;
+  size_t i;
+  int r = 0;
 
-  deadline_in (&deadline, cfg.timeout);
-  n = get (&deadline);
-  if (n == NULL) {
+  if (detached) {
     *err = EIO;
     return -1;
   }
   if (!can_extents)
-    r = nbdkit_add_extent (extents, offset, count, 0);
-  else
-    r = n->extents (n, count, offset, 0, extents, err);
-  put (n, r == -1, "block status", offset, *err);
+    return nbdkit_add_extent (extents, offset, count, 0);
+  count = MIN ((uint64_t) count + (offset - start), max_request);
+  count = MIN ((count + min_block - 1) / min_block * min_block,
+               MAX (expected_size, start + count) - start);
+  req = submit (OP_EXTENTS, start, count);
+  if (req->extents == NULL || !wait_for (req, deadline) || req->r == -1) {
+    *err = req->done && req->err ? req->err : EIO;
+    r = -1;
+  }
+  else {
+    for (i = 0; r == 0 && i < nbdkit_extents_count (req->extents); ++i) {
+      struct nbdkit_extent e = nbdkit_get_extent (req->extents, i);
+      if (e.offset + e.length > offset)
+        r = nbdkit_add_extent (extents, e.offset, e.length, e.type);
+    }
+  }
+  withdraw (req);
   return r;
+}
+
+void
+upstream_give_up (void)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
+  giving_up = true;
+  wake_all ();
 }
 
 void
 upstream_detach (void)
 {
-  pthread_once (&cond_once, init_cond);
-  pthread_mutex_lock (&lock);
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
   detached = true;
-  pthread_cond_broadcast (&cond);
-  pthread_mutex_unlock (&lock);
+  wake_all ();
 }
 
 void
 upstream_reconnect (void)
 {
-  pthread_once (&cond_once, init_cond);
-  pthread_mutex_lock (&lock);
-  if (next)
-    broken = true;
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
   reconnect_now = true;
   set_error ("reconnect requested");
-  pthread_cond_broadcast (&cond);
-  pthread_mutex_unlock (&lock);
+  wake_all ();
 }
 
 bool
 upstream_connected (void)
 {
-  bool r;
+  unsigned up, opening, stuck;
 
-  pthread_mutex_lock (&lock);
-  r = next != NULL && !broken;
-  pthread_mutex_unlock (&lock);
-  return r;
+  upstream_counts (&up, &opening, &stuck);
+  return up > 0;
+}
+
+void
+upstream_counts (unsigned *up, unsigned *wanted, unsigned *abandoned)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  unsigned opening;
+
+  if (conns == NULL) {
+    *up = *abandoned = 0;
+  }
+  else
+    count_locked (up, &opening, abandoned);
+  *wanted = detached ? 0 : cfg.connections;
 }
 
 void
 upstream_last_error (char *buf, size_t len)
 {
-  pthread_mutex_lock (&lock);
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+
   g_strlcpy (buf, last_error, len);
-  pthread_mutex_unlock (&lock);
-}
-
-uint32_t
-upstream_max_request (void)
-{
-  uint32_t r;
-
-  pthread_mutex_lock (&lock);
-  r = max_request;
-  pthread_mutex_unlock (&lock);
-  return r;
 }

@@ -1,10 +1,21 @@
-/* nbdkit-relocate: the one shared connection to the source.
+/* nbdkit-relocate: the connections to the source.
  *
- * Client connections never open the plugin.  Every fetch goes through
- * a single context opened with nbdkit_next_context_open, owned here.
- * A supervisor thread opens it, reopens it (with back-off) after an
- * error or on request, and closes it for good once the relocation is
- * complete.
+ * Client connections never open the plugin.  Every request to the
+ * source goes through up to relocate-connections contexts opened with
+ * nbdkit_next_context_open, owned here, each served by threads of its
+ * own.  A caller hands a request over and waits for it with a
+ * deadline, so nothing ever waits on the source for longer than it
+ * asked: the data arrives in a buffer owned by the request, and a
+ * reply that comes after its caller gave up is thrown away.  A
+ * connection whose request overstays relocate-timeout is abandoned (no
+ * new request goes to it, another is opened, and it is closed if the
+ * source ever answers); one that fails is closed and reopened.
+ * Opening, the handshake included, is bounded the same way.  Requests
+ * are aligned to the source's minimum block size and split at its
+ * maximum.  Once the relocation is complete every context is closed.
+ *
+ * Middle layer: over state.c and params.c; used by blk.c, bgcopy.c,
+ * control.c and the callbacks.
  */
 
 #ifndef RELOCATE_UPSTREAM_H
@@ -16,8 +27,9 @@
 
 #include <nbdkit-filter.h>
 
-/* Open the context once, synchronously (in .after_fork), and return
- * its size in *size; -1 if the source cannot be reached.
+/* Open one context, waiting at most relocate-timeout (in .after_fork),
+ * and return the source's size in *size; -1 if it cannot be reached.
+ * It becomes the first connection.
  */
 int upstream_connect_once (nbdkit_backend *backend, int64_t *size);
 
@@ -26,34 +38,46 @@ int upstream_connect_once (nbdkit_backend *backend, int64_t *size);
  */
 int upstream_start (nbdkit_backend *backend, uint64_t expected_size);
 
-/* Stop the supervisor and close the context (in .cleanup). */
-void upstream_stop (void);
+/* Stop every thread and close every context (in .cleanup).  Returns
+ * false if some connection is stuck in the source and cannot be
+ * closed: then nbdkit must not unload the plugin under it.
+ */
+bool upstream_stop (void);
 
-/* Read from the source, in pieces the source accepts, waiting for a
- * connection and retrying for up to timeout seconds (0: fail at once,
- * quietly, if not connected).
+/* We are stopping: requests waiting for the source return at once. */
+void upstream_give_up (void);
+
+/* What upstream_pread returns when the source rejected this request
+ * the same way every time it was tried (a bad block, not a bad
+ * connection).
+ */
+#define UPSTREAM_REJECTED (-2)
+
+/* Read from the source by the monotonic deadline (state_now () +
+ * seconds).  0, or -1 with *err = EIO if the source did not answer in
+ * time (background: at once and quietly if no connection is up), or
+ * UPSTREAM_REJECTED.
  */
 int upstream_pread (void *buf, uint32_t count, uint64_t offset,
-                    unsigned timeout, int *err);
+                    double deadline, bool background, int *err);
 
-/* Block status of the source.  Fills extents (created by the caller
- * for [offset, offset+count)) from base:allocation; a source without
- * block status reports everything as data.
+/* Block status of the source within relocate-timeout.  Fills extents
+ * (created by the caller for [offset, offset+count)) from
+ * base:allocation; a source without block status reports everything
+ * as data.
  */
 int upstream_extents (uint32_t count, uint64_t offset,
                       struct nbdkit_extents *extents, int *err);
 
-/* Close the context for good: the relocation is complete. */
+/* Close every context for good: the relocation is complete. */
 void upstream_detach (void);
 
-/* Drop the connection now and reopen it (relocatectl reconnect). */
+/* Drop the connections now and reopen them (relocatectl reconnect). */
 void upstream_reconnect (void);
 
-/* For status: connected or not, and the last error seen. */
+/* For status: is a connection up, how many, and the last error seen. */
 bool upstream_connected (void);
+void upstream_counts (unsigned *up, unsigned *wanted, unsigned *abandoned);
 void upstream_last_error (char *buf, size_t len);
-
-/* Largest request the source takes (never more than 32 MiB). */
-uint32_t upstream_max_request (void);
 
 #endif /* RELOCATE_UPSTREAM_H */

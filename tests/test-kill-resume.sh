@@ -11,11 +11,14 @@ random_image "$tmp/src.img" $size_mib
 cp "$tmp/src.img" "$tmp/oracle.img"
 start_source src "$tmp/src.img" --filter=delay rdelay=5ms
 start_dest dst src "$tmp/dst.img" relocate-start=immediate \
-    relocate-rate=16M relocate-sync-interval=1
+    relocate-rate=8M relocate-sync-interval=1
 
 # Wait for the copy to be half-way, then write and flush.
 wait_for field_at_least dst present_bytes $((size / 2)) ||
     fail "copy did not reach half-way"
+# Slow the copy down (it goes on) so that it is still mid-way at the
+# kill however long the writes take on a loaded machine.
+ctl rate dst 4M
 $NBDIO writes "$(uri dst)" "$tmp/oracle.img" 11 200 2   # flushes at the end
 # Pause the copy, so that the counters read now are those at the kill.
 ctl pause dst

@@ -46,11 +46,14 @@ for i in $(seq "$rounds"); do
     # A random moment: after a random number of acknowledged requests
     # on this connection, plus up to half a second.
     n=$(( 10 + RANDOM % 150 ))
+    # One round in four: as soon as the client has reconnected, while it
+    # resends and reads back.
+    [ $(( RANDOM % 4 )) -ne 0 ] || n=0
     # (After a restart the client first reads back what it wrote.)
     wait_for client_busy "$tmp/client" "$i" "$n" ||
         fail "round $i: the client made no progress: $(tail -n 5 "$tmp/client.log")"
     [ "$i" -eq 1 ] ||
-        echo "    the client read back what it wrote: $(client_field "$tmp/client" lost_blocks) acknowledged 4K blocks lost so far"
+        echo "    acknowledged 4K blocks found lost so far: $(client_field "$tmp/client" lost_blocks)"
     sleep "0.$(( RANDOM % 5 ))"
     acked=$(client_field "$tmp/client" acked)
     [ -n "$plain" ] || present=$(status_field dst present_bytes)
@@ -63,7 +66,7 @@ done
 
 wait_for client_busy "$tmp/client" $((rounds + 1)) 50 ||
     fail "the client made no progress after the last restart"
-echo "    the client read back what it wrote: $(client_field "$tmp/client" lost_blocks) acknowledged 4K blocks lost so far"
+echo "    acknowledged 4K blocks found lost so far: $(client_field "$tmp/client" lost_blocks)"
 touch "$tmp/client/stop"
 set +e; wait "$client"; st=$?; set -e
 cat "$tmp/client.log"

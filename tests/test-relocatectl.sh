@@ -8,14 +8,16 @@ start_source src "$tmp/src.img" --filter=delay rdelay=2ms
 start_dest dst src "$tmp/dst.img" relocate-start=manual relocate-rate=4M
 
 # status, human and JSON.
+wait_for field_is dst connections 4 || fail "4 connections did not come up"
 out=$(ctl status dst)
 for f in "state:      standby" "present:    0 B of 64.0 MiB (0.0%)" \
-         "throughput:" "rate cap:   4.0 MiB/s" "upstream:   connected"; do
+         "throughput:" "rate cap:   4.0 MiB/s" "upstream:   4 of 4 connections up"; do
     grep -qF "$f" <<<"$out" || fail "status lacks '$f': $out"
 done
 for k in state size present_bytes fetched_demand_bytes fetched_background_bytes \
          skipped_zero_bytes current_bytes_per_second average_bytes_per_second \
-         eta_seconds paused rate upstream_connected last_error failed; do
+         eta_seconds paused rate upstream_connected last_error failed \
+         connections connections_wanted failed_blocks failed_offsets; do
     status_field dst "$k" >/dev/null || fail "status --json lacks $k"
 done
 pass "status and status --json"

@@ -35,3 +35,29 @@ ctl wait dst --timeout 120 || fail "relocation did not complete"
 [ "$(sha "$tmp/dst.img")" = "$src_sum" ] || fail "local file differs from source"
 [ "$(status_field dst present_bytes)" -eq $((256*1024*1024)) ] || fail "present_bytes != size"
 pass "relocation of 256 MiB is byte-exact"
+
+# relocate-standby-timeout: a server in standby whose client never
+# comes (a migration that failed before QEMU started) stops by itself;
+# one with a client, or one that has started, stays.
+start_dest idle src "$tmp/idle.img" relocate-standby-timeout=2
+pid=$(cat "$tmp/idle.pid")
+$PY - "$(uri idle)" <<'PYEOF'
+import sys, time, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+time.sleep(4)                       # connected: the timeout must not fire
+h.pread(4096, 0)
+h.shutdown()
+PYEOF
+kill -0 "$pid" 2>/dev/null || fail "standby timeout fired with a client connected"
+for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+! kill -0 "$pid" 2>/dev/null || fail "no exit within 15 s of the last client leaving in standby"
+rm -f "$tmp/idle.pid"
+grep -q "no client in standby for 2 s" "$tmp/idle.log" || fail "standby timeout not logged"
+[ "$(du -k "$tmp/idle.img" | cut -f1)" -eq 0 ] || fail "standby stored data"
+pass "relocate-standby-timeout: stays with a client, stops without one"
+
+start_dest busy src "$tmp/busy.img" relocate-standby-timeout=1 relocate-rate=1M
+$NBDIO pwrite "$(uri busy)" 0 "$first"
+sleep 3
+[ "$(status_field busy state)" = relocating ] || fail "a started relocation stopped on the standby timeout"
+pass "relocate-standby-timeout never fires once started"
