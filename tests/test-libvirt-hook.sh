@@ -23,6 +23,11 @@ p1=$(free_port); tcp_source s1 "$tmp/d1.img" "$p1"
 p2=$(free_port); tcp_source s2 "$tmp/d2.img" "$p2"
 
 mkdir -p "$tmp/root" "$tmp/bin"
+# QEMU's user as Debian's libvirt runs it, but one that exists here:
+# nobody:nogroup stands for libvirt-qemu:kvm.  The test directory must
+# be traversable for it, as /var/lib is.
+chmod 0711 "$tmp"
+printf '# qemu.conf\n#user = "root"\nuser = "nobody"   # as libvirt-qemu\ngroup = "nogroup"\n' > "$tmp/qemu.conf"
 printf '#!/bin/sh\nexec %s "$@"\n' "${NBDKIT[*]}" > "$tmp/bin/nbdkit"
 chmod +x "$tmp/bin/nbdkit"
 cat > "$tmp/hook.conf" <<CONF
@@ -32,6 +37,7 @@ local_hosts = none
 nbdkit = $tmp/bin/nbdkit
 filter = $FILTER
 relocatectl = $RELOCATECTL
+qemu_conf = $tmp/qemu.conf
 CONF
 export NBDKIT_RELOCATE_HOOK_CONF=$tmp/hook.conf
 
@@ -59,6 +65,24 @@ sed "s/@NAME@/db-01/; s/@PORT1@/$p1/" "$SAMPLES/one-disk.xml" > "$tmp/one.xml"
 "$HOOK" db-01 migrate begin - < "$tmp/one.xml" > "$tmp/one.out" || fail "hook failed"
 check_rewritten "$tmp/one.out" vda "$tmp/d1.img"
 pass "one NBD disk rewritten and served"
+
+# QEMU's user (qemu.conf: nobody:nogroup) may open the socket, and
+# nothing else: the directories are 0711 root, the control socket and
+# the image root's alone (libvirt's dynamic_ownership chowns images).
+d1=$(dirname "$(ls "$tmp"/root/*/vda/nbd.sock)")
+[ "$(stat -c %U:%G:%a "$d1/nbd.sock")" = nobody:nogroup:660 ] ||
+    fail "socket: $(stat -c %U:%G:%a "$d1/nbd.sock")"
+for d in "$tmp/root" "$(dirname "$d1")" "$d1"; do
+    [ "$(stat -c %U:%a "$d")" = root:711 ] || fail "$d: $(stat -c %U:%a "$d")"
+done
+[ "$(stat -c %U:%a "$d1/disk.img")" = root:600 ] || fail "disk.img: $(stat -c %U:%a "$d1/disk.img")"
+setpriv --reuid=nobody --regid=nogroup --clear-groups \
+    $NBDIO compare "nbd+unix:///?socket=$d1/nbd.sock" "$tmp/d1.img" ||
+    fail "QEMU's user cannot read through the socket"
+! setpriv --reuid=nobody --regid=nogroup --clear-groups \
+    "$RELOCATECTL" status "$d1/control.sock" >/dev/null 2>&1 ||
+    fail "QEMU's user can use the control socket"
+pass "the socket is QEMU's user's (qemu.conf), the rest root's"
 
 # Two NBD disks, a file disk and an HTTP cdrom.
 sed "s/@PORT1@/$p1/; s/@PORT2@/$p2/" "$SAMPLES/two-disks.xml" > "$tmp/two.xml"
