@@ -144,9 +144,10 @@ def write_data(seed, seq, n):
 def writer(uri, oracle_path, seed, log_path, pause=0.0):
     rng = random.Random(seed)
     size = os.path.getsize(oracle_path)
-    h = connect(uri)
-    seq = 0
+    # The log exists even if the server is killed before we connect.
     with open(log_path, "a") as log:
+        h = connect(uri)
+        seq = 0
         while True:
             n = rng.choice([512, 4096, 65536, 65537, 300000])
             off = rng.randrange(size - n)
