@@ -218,6 +218,7 @@ static void
 execute (struct conn *c, struct request *req)
 {
   nbdkit_next *n = c->next;
+  bool ext = can_extents;
   int r, err = 0;
 
   req->conn = c;
@@ -226,8 +227,10 @@ execute (struct conn *c, struct request *req)
   g_mutex_unlock (&lock);
   if (req->op == OP_PREAD)
     r = n->pread (n, req->buf, req->count, req->offset, 0, &err);
-  else
+  else if (ext)
     r = n->extents (n, req->count, req->offset, 0, req->extents, &err);
+  else                           /* no block status: all data */
+    r = nbdkit_add_extent (req->extents, req->offset, req->count, 0);
   /* A failure that is not obviously the connection's may be this
    * request's alone (a bad block): the connection stays if a probe
    * succeeds.
@@ -694,8 +697,6 @@ upstream_extents (uint32_t count, uint64_t offset,
     *err = EIO;
     return -1;
   }
-  if (!can_extents)
-    return nbdkit_add_extent (extents, offset, count, 0);
   count = MIN ((uint64_t) count + (offset - start), max_request);
   count = MIN ((count + min_block - 1) / min_block * min_block,
                MAX (expected_size, start + count) - start);
