@@ -113,6 +113,20 @@ start_dest ()
     wait_for test -S "$tmp/$name.ctl" || fail "$name: no control socket"
 }
 
+# start_dest_or_plain NAME SOURCE LOCAL PLAIN [PARAMS...]: start_dest,
+# or with PLAIN non-empty a plain nbdkit file over LOCAL (a copy of the
+# source's image, $tmp/SOURCE.img): the control for a test's claims.
+start_dest_or_plain ()
+{
+    local name=$1 source=$2 file=$3 plain=$4; shift 4
+    if [ -n "$plain" ]; then
+        [ -f "$file" ] || cp "$tmp/$source.img" "$file"
+        start_server "$name" file "$file"
+    else
+        start_dest "$name" "$source" "$file" "$@"
+    fi
+}
+
 # stop_server NAME [SIGNAL]: stop it and wait until it has exited
 # (escalating to SIGKILL after 10 seconds).
 stop_server ()

@@ -24,15 +24,7 @@ start_source src "$tmp/src.img" --filter=delay rdelay=2ms
 # A modest rate: the background copy is mid-way through the rounds.
 params=(relocate-start=on-write relocate-rate=1M relocate-workers=2
         relocate-request-size=256K)
-dest ()
-{
-    if [ -n "$plain" ]; then
-        [ -f "$tmp/dst.img" ] || cp "$tmp/src.img" "$tmp/dst.img"
-        start_server dst file "$tmp/dst.img"
-    else
-        start_dest dst src "$tmp/dst.img" "${params[@]}"
-    fi
-}
+dest () { start_dest_or_plain dst src "$tmp/dst.img" "$plain" "${params[@]}"; }
 
 dest
 mkdir "$tmp/client"
