@@ -167,6 +167,31 @@ set_limits (uint32_t minimum, uint32_t maximum, int ext)
     max_request = min_block;
 }
 
+/* A connection that was abandoned got its answer after all: the
+ * source is back, try again at once.  Caller holds lock.
+ */
+static void
+source_answers (void)
+{
+  retry_at = state_now ();
+  backoff = 1;
+  wake_all ();
+}
+
+/* Connections up or opening; caller holds lock. */
+static unsigned
+count_usable (void)
+{
+  unsigned n = 0;
+  guint i;
+
+  for (i = 0; i < conns->len; ++i) {
+    enum conn_state st = ((struct conn *) g_ptr_array_index (conns, i))->state;
+    n += st == CONN_UP || st == CONN_OPENING;
+  }
+  return n;
+}
+
 /* Was err a failure of the connection rather than of the request? */
 static bool
 connection_error (int err)
@@ -239,6 +264,8 @@ execute (struct conn *c, struct request *req)
     err = ECONNRESET;
   g_mutex_lock (&lock);
   g_queue_remove (&c->active, req);
+  if (c->state == CONN_STUCK)
+    source_answers ();
   if (r == 0 && req->op == OP_PREAD)
     c->good_offset = req->offset;
   if (r == -1 && connection_error (err) && c->state == CONN_UP) {
@@ -313,6 +340,14 @@ opener (void *arg)
     close_context (n);
     g_mutex_lock (&lock);
     n = NULL;
+  }
+  /* An open abandoned for its slowness that succeeds after all: the
+   * source answers again, so the connection is as good as a new one.
+   */
+  if (n && c->state == CONN_STUCK) {
+    source_answers ();
+    if (!stopping && !detached && count_usable () < cfg.connections)
+      c->state = CONN_OPENING;
   }
   if (n && c->state == CONN_OPENING && !stopping && !detached) {
     c->next = n;
