@@ -77,15 +77,17 @@ vbitmap_open (const char *path, const unsigned char id[16], uint64_t nblocks)
     memcmp (map->id, id, 16) == 0 && map->nblocks == nblocks;
   if (!trusted) {
     /* Stale (another boot, another relocation) or new: start empty.
-     * The magic goes last, so a crash in between leaves it untrusted.
+     * The magic goes last, so a crash in between leaves it untrusted
+     * (a kill loses no store the CPU made: only the compiler's order
+     * matters, hence compiler barriers).
      */
     memset (map->magic, 0, 8);
-    __atomic_thread_fence (__ATOMIC_SEQ_CST);
+    __atomic_signal_fence (__ATOMIC_SEQ_CST);
     memset ((char *) map + 8, 0, map_len - 8);
     memcpy (map->boot_id, boot_id, sizeof boot_id);
     memcpy (map->id, id, 16);
     map->nblocks = nblocks;
-    __atomic_thread_fence (__ATOMIC_SEQ_CST);
+    __atomic_signal_fence (__ATOMIC_SEQ_CST);
     memcpy (map->magic, VMAGIC, 8);
   }
   return trusted;
