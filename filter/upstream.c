@@ -77,6 +77,13 @@ static double retry_at, backoff = 1;
 static bool supervising;
 static pthread_t supervisor_thread;
 
+/* Every executor and opener thread, joined once it has finished (by
+ * the supervisor, and all at the stop), so that none can still be
+ * running our code or the plugin's when nbdkit unloads them.
+ */
+struct thread { pthread_t t; bool finished; };
+static GPtrArray *threads;
+
 /* gint64 microseconds for g_cond_wait_until from state_now seconds. */
 static gint64
 until (double t)
@@ -206,19 +213,69 @@ connection_error (int err)
   }
 }
 
-/* Free c once its last thread is gone; caller holds lock, which is
- * dropped while the context closes (that may take a while).
+/* Start fn (arg) on a thread of its own; caller holds lock. */
+static int
+spawn (void *(*fn) (void *), void *arg)
+{
+  struct thread *th = g_new0 (struct thread, 1);
+  int e = pthread_create (&th->t, NULL, fn, arg);
+
+  if (e) {
+    g_free (th);
+    errno = e;
+    return -1;
+  }
+  g_ptr_array_add (threads, th);
+  return 0;
+}
+
+/* The calling thread is about to return; caller holds lock. */
+static void
+finished (void)
+{
+  guint i;
+
+  for (i = 0; i < threads->len; ++i) {
+    struct thread *th = g_ptr_array_index (threads, i);
+    if (pthread_equal (th->t, pthread_self ()))
+      th->finished = true;
+  }
+}
+
+/* Join the threads that have finished (they no longer need lock, which
+ * the caller holds).
+ */
+static void
+reap (void)
+{
+  guint i;
+
+  for (i = threads->len; i-- > 0; ) {
+    struct thread *th = g_ptr_array_index (threads, i);
+    if (th->finished) {
+      pthread_join (th->t, NULL);
+      g_ptr_array_remove_index_fast (threads, i);
+      g_free (th);
+    }
+  }
+}
+
+/* Free c once its last thread is done with it: close its context
+ * first (lock is dropped meanwhile, and that may take a while), so that
+ * nothing is still inside the plugin once c is gone.  Caller holds
+ * lock.
  */
 static void
 free_conn (struct conn *c)
 {
-  g_ptr_array_remove_fast (conns, c);
-  wake_all ();
   if (c->next) {
+    if (c->state == CONN_UP)
+      c->state = CONN_BROKEN;
     g_mutex_unlock (&lock);
     close_context (c->next);
     g_mutex_lock (&lock);
   }
+  g_ptr_array_remove_fast (conns, c);
   g_free (c);
   wake_all ();
 }
@@ -302,6 +359,7 @@ executor (void *arg)
     g_cond_signal (&work);
   if (--c->threads == 0)
     free_conn (c);
+  finished ();
   g_mutex_unlock (&lock);
   return NULL;
 }
@@ -326,7 +384,6 @@ opener (void *arg)
   int ext = 0;
   nbdkit_next *n = open_context (&size, &minimum, &maximum, &ext);
   unsigned i;
-  pthread_t t;
 
   g_mutex_lock (&lock);
   if (n && expected_size && (uint64_t) size != expected_size) {
@@ -359,14 +416,12 @@ opener (void *arg)
     state_clear_failure (FAILURE_SOURCE);
     nbdkit_debug ("relocate: upstream connected (%u up)",
                   conns ? conns->len : 0);
-    for (i = threads_per_conn (); i > 0; --i) {
-      if (pthread_create (&t, NULL, executor, c) == 0) {
-        pthread_detach (t);
+    for (i = threads_per_conn (); i > 0; --i)
+      if (spawn (executor, c) == 0)
         c->threads++;
-      }
-    }
     if (c->threads > 0) {
       wake_all ();
+      finished ();
       g_mutex_unlock (&lock);
       return NULL;
     }
@@ -380,6 +435,7 @@ opener (void *arg)
   }
   c->next = n;                   /* closed by free_conn */
   free_conn (c);
+  finished ();
   g_mutex_unlock (&lock);
   return NULL;
 }
@@ -389,17 +445,15 @@ static struct conn *
 open_conn (void)
 {
   struct conn *c = g_new0 (struct conn, 1);
-  pthread_t t;
 
   c->state = CONN_OPENING;
   c->since = state_now ();
   g_queue_init (&c->active);
-  if (pthread_create (&t, NULL, opener, c) != 0) {
+  if (spawn (opener, c) == -1) {
     set_error ("cannot start a thread: %s", g_strerror (errno));
     g_free (c);
     return NULL;
   }
-  pthread_detach (t);
   g_ptr_array_add (conns, c);
   return c;
 }
@@ -462,6 +516,7 @@ supervisor (void *arg)
   g_mutex_lock (&lock);
   while (!stopping) {
     now = state_now ();
+    reap ();
     abandon_overdue (now);
     if (reconnect_now) {
       reconnect_now = false;
@@ -491,8 +546,10 @@ static void
 init (nbdkit_backend *b)
 {
   backend = b;
-  if (conns == NULL)
+  if (conns == NULL) {
     conns = g_ptr_array_new ();
+    threads = g_ptr_array_new ();
+  }
 }
 
 int
@@ -569,7 +626,14 @@ upstream_stop (void)
   while (conns->len > 0 && state_now () < deadline)
     g_cond_wait_until (&changed, &lock, until (deadline));
   clean = conns->len == 0;
-  if (!clean)
+  if (clean) {
+    /* Every thread has finished or is about to: wait for each. */
+    guint i;
+    for (i = 0; i < threads->len; ++i)
+      ((struct thread *) g_ptr_array_index (threads, i))->finished = true;
+    reap ();
+  }
+  else
     nbdkit_debug ("relocate: %u connections to the source cannot be closed",
                   conns->len);
   g_mutex_unlock (&lock);

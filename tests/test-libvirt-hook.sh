@@ -76,11 +76,18 @@ for d in "$tmp/root" "$(dirname "$d1")" "$d1"; do
     [ "$(stat -c %U:%a "$d")" = root:711 ] || fail "$d: $(stat -c %U:%a "$d")"
 done
 [ "$(stat -c %U:%a "$d1/disk.img")" = root:600 ] || fail "disk.img: $(stat -c %U:%a "$d1/disk.img")"
+# QEMU's user runs copies of the tools: the checkout may be mode 0700.
+mkdir -m 0755 "$tmp/pub"
+cp "$srcdir/tests/nbdio.py" "$RELOCATECTL" "$tmp/pub/"
+cp "$tmp/d1.img" "$tmp/pub/d1.img" && chmod 0644 "$tmp/pub/"*
 setpriv --reuid=nobody --regid=nogroup --clear-groups \
-    $NBDIO compare "nbd+unix:///?socket=$d1/nbd.sock" "$tmp/d1.img" ||
+    $PY "$tmp/pub/nbdio.py" compare "nbd+unix:///?socket=$d1/nbd.sock" "$tmp/pub/d1.img" ||
     fail "QEMU's user cannot read through the socket"
+chmod 0755 "$tmp/pub/relocatectl"
+setpriv --reuid=nobody --regid=nogroup --clear-groups "$tmp/pub/relocatectl" --help >/dev/null ||
+    fail "QEMU's user cannot run relocatectl at all: the next check would prove nothing"
 ! setpriv --reuid=nobody --regid=nogroup --clear-groups \
-    "$RELOCATECTL" status "$d1/control.sock" >/dev/null 2>&1 ||
+    "$tmp/pub/relocatectl" status "$d1/control.sock" >/dev/null 2>&1 ||
     fail "QEMU's user can use the control socket"
 pass "the socket is QEMU's user's (qemu.conf), the rest root's"
 

@@ -39,8 +39,14 @@ pass "relocation of 256 MiB is byte-exact"
 # relocate-standby-timeout: a server in standby whose client never
 # comes (a migration that failed before QEMU started) stops by itself;
 # one with a client, or one that has started, stays.
-start_dest idle src "$tmp/idle.img" relocate-standby-timeout=2
-pid=$(cat "$tmp/idle.pid")
+# (Started here rather than by start_dest, to see its exit status.)
+rm -f "$tmp/idle.sock"
+"${NBDKIT[@]}" -f --log=stderr -U "$tmp/idle.sock" -P "$tmp/idle.pid" \
+    --filter="$FILTER" nbd socket="$tmp/src.sock" relocate-file="$tmp/idle.img" \
+    relocate-standby-timeout=2 2>"$tmp/idle.log" </dev/null &
+pid=$!
+servers+=(idle)
+wait_for nbdinfo --can connect "$(uri idle)" || fail "idle server did not start"
 $PY - "$(uri idle)" <<'PYEOF'
 import sys, time, nbd
 h = nbd.NBD(); h.connect_uri(sys.argv[1])
@@ -51,7 +57,9 @@ PYEOF
 kill -0 "$pid" 2>/dev/null || fail "standby timeout fired with a client connected"
 for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 ! kill -0 "$pid" 2>/dev/null || fail "no exit within 15 s of the last client leaving in standby"
+st=0; wait "$pid" || st=$?
 rm -f "$tmp/idle.pid"
+[ "$st" -eq 0 ] || fail "nbdkit exited with status $st on the standby timeout"
 grep -q "no client in standby for 2 s" "$tmp/idle.log" || fail "standby timeout not logged"
 [ "$(du -k "$tmp/idle.img" | cut -f1)" -eq 0 ] || fail "standby stored data"
 pass "relocate-standby-timeout: stays with a client, stops without one"
