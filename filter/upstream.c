@@ -642,9 +642,11 @@ upstream_stop (void)
 
 /* ---- Requests ---- */
 
-/* Queue a request for [offset, offset+count) of the source. */
+/* Queue a request for [offset, offset+count) of the source; a
+ * client's (urgent) goes before the background copy's.
+ */
 static struct request *
-submit (enum op op, uint64_t offset, uint32_t count)
+submit (enum op op, uint64_t offset, uint32_t count, bool urgent)
 {
   struct request *req = g_new0 (struct request, 1);
 
@@ -656,7 +658,10 @@ submit (enum op op, uint64_t offset, uint32_t count)
     req->buf = g_malloc (count);
   else
     req->extents = nbdkit_extents_new (offset, offset + count);
-  g_queue_push_tail (&queue, req);
+  if (urgent)
+    g_queue_push_head (&queue, req);
+  else
+    g_queue_push_tail (&queue, req);
   g_cond_signal (&work);
   return req;
 }
@@ -696,7 +701,7 @@ struct piece {
  */
 static int
 pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
-              int *err)
+              bool urgent, int *err)
 {
   uint64_t start = offset / min_block * min_block;
   uint64_t end = MIN ((offset + count + min_block - 1) / min_block * min_block,
@@ -715,7 +720,7 @@ pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
 
     for (i = 0; i < n; ++i)
       if (p[i].req == NULL && p[i].count && p[i].retry_at <= now)
-        p[i].req = submit (OP_PREAD, p[i].offset, p[i].count);
+        p[i].req = submit (OP_PREAD, p[i].offset, p[i].count, urgent);
       else if (p[i].req == NULL && p[i].count)
         next_try = MIN (next_try, p[i].retry_at);
     for (i = 0; i < n && r == 0; ++i) {
@@ -768,7 +773,7 @@ upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
     *err = EIO;
     return -1;
   }
-  r = pread_locked (buf, count, offset, deadline, err);
+  r = pread_locked (buf, count, offset, deadline, !background, err);
   if (r == -1)
     nbdkit_error ("relocate: cannot read %" PRIu32 " bytes at offset %" PRIu64
                   " from the source%s: %s", count, offset,
@@ -799,7 +804,7 @@ upstream_extents (uint32_t count, uint64_t offset,
   count = MIN ((uint64_t) count + (offset - start), max_request);
   count = MIN ((count + min_block - 1) / min_block * min_block,
                MAX (expected_size, start + count) - start);
-  req = submit (OP_EXTENTS, start, count);
+  req = submit (OP_EXTENTS, start, count, false);
   if (req->extents == NULL || !wait_for (req, deadline) || req->r == -1) {
     *err = req->done && req->err ? req->err : EIO;
     r = -1;
