@@ -21,7 +21,7 @@ import sys
 import time
 
 from lib.common import HERE, TOP, log
-from lib.servers import Bench
+from lib.servers import RELAYS, Bench
 from report import plot, report
 from scenarios import SCENARIOS
 
@@ -38,6 +38,12 @@ def meta(b, elapsed):
         profile="quick" if b.args.quick else "full", reps=b.reps,
         elapsed_s=elapsed, date=time.strftime("%Y-%m-%d %H:%M:%S"),
         relocate_args=b.relocate_args, wan_args=b.wan_args,
+        nets=b.nets, relays=RELAYS, vmview_net=b.args.vmview_net,
+        relocate_multiconn=b.multiconn,
+        machine=out("uname", "-srm"),
+        cpu=out("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        nbdcopy=out("nbdcopy", "--version").splitlines()[0] if out("nbdcopy", "--version") else None,
+        fio=out("fio", "--version"),
         filter=os.environ["FILTER"],
         filter_sha256=out("sha256sum", b.filter).split()[0],
         git=b.git,
@@ -82,6 +88,11 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "out"),
                     help="where results.md/json and progress.png go")
     ap.add_argument("--only", help="comma list of " + ",".join(SCENARIOS))
+    ap.add_argument("--nets", help="network models of scenarios 1 and 2, "
+                    "comma list of wan-streams,wan-100ms,wan,lan (default all; "
+                    "see README.md)")
+    ap.add_argument("--vmview-net", default="wan-streams",
+                    help="network model of scenario 3 (default wan-streams)")
     ap.add_argument("--tmpdir", default=os.environ.get("BENCH_TMPDIR", "/var/tmp"),
                     help="where images go (needs ~3x the dense size free)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")

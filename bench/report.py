@@ -24,35 +24,117 @@ def copy_rows(runs):
             yield net, name, rs, med(rs, "time_s"), base
 
 
+def targets(runs, alloc):
+    """The issue's targets on every network model: relocate's time at
+    most 1.10 x nbdcopy's (default connections), the source serving at
+    most 1.02 x the allocated data."""
+    L = []
+    for net, methods in runs.items():
+        base = med(methods.get("nbdcopy", []), "time_s")
+        for name in ("relocate", "relocate connections=1"):
+            rs = methods.get(name)
+            if not rs or all(r.get("na") for r in rs):
+                continue
+            t, rb = med(rs, "time_s"), med(rs, "src_read_bytes")
+            tr, br = ratio(t, base), ratio(rb, alloc)
+            L.append("- %s, %s: time %s x nbdcopy (target <= 1.10: %s); "
+                     "source served %s x allocated (target <= 1.02: %s)"
+                     % (net, name, fmt(tr), "n/a" if tr is None else
+                        "met" if tr <= 1.10 else "**missed**", fmt(br, "%.3f"),
+                        "n/a" if br is None else
+                        "met" if br <= 1.02 else "**missed**"))
+    return L + [""] if L else []
+
+
+def vmview(V):
+    """Scenario 3's table: p50/p99 paused vs copying, and the ratios."""
+    L = ["## 3. The guest's view during the relocation (%s)\n" % V["net"],
+         "fio 4 KiB random I/O for %d s on a %d MiB region, each test on a "
+         "fresh relocation: present = at the start of the disk, copied by "
+         "the background copy (then paused) and read once; absent = at the "
+         "end of the disk, a second region for the copying run.  Flush = "
+         "4 KiB random writes each followed by a flush (fio fsync=1), the "
+         "flush's latency.  paused = `relocatectl pause`; copying = the "
+         "same after `resume`.  Targets: present p99 copying/paused <= 1.5, "
+         "flush p99 <= 2.\n" % (V["runtime"], V["region"] // MiB),
+         "| test | p50 paused us | p50 copying us | p99 paused us | p99 copying us | p50 ratio | p99 ratio | IOPS paused | IOPS copying | copy MiB/s meanwhile | copy active s | target |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, runs in V["tests"].items():
+        flush = "flush" in name
+        k50, k99 = ("flush_p50_us", "flush_p99_us") if flush \
+            else ("p50_us", "p99_us")
+        P = [r["paused"] for r in runs]
+        C = [r["copying"] for r in runs]
+        r99 = ratio(med(C, k99), med(P, k99))
+        lim = 2.0 if flush else 1.5 if name.startswith("present") else None
+        tgt = "-" if lim is None or r99 is None else \
+            ("met (<= %.1f)" % lim if r99 <= lim else "**missed** (> %.1f)" % lim)
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            name, fmt(med(P, k50), "%.0f"), fmt(med(C, k50), "%.0f"),
+            fmt(med(P, k99), "%.0f"), fmt(med(C, k99), "%.0f"),
+            fmt(ratio(med(C, k50), med(P, k50))), fmt(r99),
+            fmt(med(P, "iops"), "%.0f"), fmt(med(C, "iops"), "%.0f"),
+            fmt(med(runs, "copy_mib_s"), "%.1f"),
+            fmt(med(runs, "copy_active_s"), "%.1f"), tgt))
+    L.append("\nThe fio window of the copying runs was %s s; absent-data "
+             "reads that found their block already fetched (by the copy or "
+             "an earlier read) count as present.\n"
+             % fmt(median([r["fio_window_s"] for rs in V["tests"].values()
+                           for r in rs]), "%.1f"))
+    return L
+
+
 def report(R):
     m = R["meta"]
     L = ["# nbdkit-relocate benchmark (%s, %d rep%s, median)\n"
          % (m["profile"], m["reps"], "" if m["reps"] == 1 else "s"),
-         "%s, git %s, nbdkit %s, WAN = delay+rate filters `%s`, "
-         "RELOCATE_ARGS=`%s`. MiB/s = 2^20 bytes/s; `1G` in the rate "
-         "filter is 2^30 bit/s = 128 MiB/s.\n"
-         % (m["date"], m["git"], m["nbdkit"], " ".join(m["wan_args"]),
-            " ".join(m["relocate_args"]))]
+         "%s, git %s, nbdkit %s, %s, %s cores (%s), nbdcopy %s. "
+         "wan = delay+rate filters `%s`; RELOCATE_ARGS=`%s`. MiB/s = "
+         "2^20 bytes/s; `1G` in the rate filter is 2^30 bit/s = 128 MiB/s.\n"
+         % (m["date"], m["git"], m["nbdkit"], m.get("machine"),
+            m["nproc"], (m.get("cpu") or "").strip(), m.get("nbdcopy"),
+            " ".join(m["wan_args"]), " ".join(m["relocate_args"]))]
+    for net, r in sorted((m.get("relays") or {}).items()):
+        if net in m.get("nets", []) or net == m.get("vmview_net"):
+            L.append("%s = TCP relay (bench/lib/relay.py): RTT %s, each TCP "
+                     "connection capped at %s/s with one bandwidth-delay "
+                     "product in flight, the link at %s/s.\n"
+                     % (net, r["rtt"], r["conn_rate"].replace("M", " MiB"),
+                        r["link_rate"].replace("M", " MiB")))
+    if "relocate_multiconn" in m:
+        L.append("The filter %s relocate-connections%s.\n" % (
+            "has" if m["relocate_multiconn"] else "has no",
+            "" if m["relocate_multiconn"] else
+            " (one connection to the source): on the relay models "
+            "\"relocate\" (its default) is n/a and \"relocate "
+            "connections=1\" is the filter as it is"))
 
     if "dense" in R:
         D = R["dense"]
         L.append("## 1. Dense random image, %d MiB\n" % (D["size"] // MiB))
         L.append("Time to a complete local copy.  ratio = time / nbdcopy's "
                  "time (nbdcopy is the limit: a plain copy, no serving).\n")
-        L.append("| net | method | time s | MiB/s | ratio | CPU s | peak RSS MiB | read at source MiB |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        L.append("| net | method | conns | time s | MiB/s | ratio | CPU s | peak RSS MiB | read at source MiB | read / allocated |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        alloc = D.get("allocated") or D["size"]
         for net, name, runs, t, base in copy_rows(D["runs"]):
+            if all(r.get("na") for r in runs):
+                L.append("| %s | %s | n/a: %s | | | | | | | |"
+                         % (net, name, runs[0]["na"]))
+                continue
             note = ""
             if not all(r.get("complete", True) for r in runs):
                 t = med(runs, "projected_s")
                 note = " (projected: gave up after %.0f s)" % med(runs, "time_s")
             if any(r.get("verified") is False for r in runs):
                 note += " **DATA MISMATCH**"
-            L.append("| %s | %s%s | %s | %s | %s | %s | %s | %s |" % (
-                net, name, note, fmt(t), fmt(D["size"] / MiB / t if t else None, "%.1f"),
+            L.append("| %s | %s%s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                net, name, note, fmt(med(runs, "connections"), "%d"),
+                fmt(t), fmt(D["size"] / MiB / t if t else None, "%.1f"),
                 fmt(ratio(t, base)), fmt(med(runs, "cpu_s")),
                 fmt((med(runs, "rss_kib") or 0) / 1024, "%.0f"),
-                fmt((med(runs, "src_read_bytes") or 0) / MiB, "%.0f")))
+                fmt((med(runs, "src_read_bytes") or 0) / MiB, "%.0f"),
+                fmt(ratio(med(runs, "src_read_bytes"), alloc), "%.3f")))
         for net, methods in D["runs"].items():
             runs = methods.get("relocate", [])
             ap = med(runs, "all_present_s")
@@ -61,47 +143,34 @@ def report(R):
                          "(status poll every 0.2 s); relocatectl wait returned "
                          "at %.2f s." % (net, ap, med(runs, "time_s")))
         L.append("")
+        L += targets(D["runs"], alloc)
 
     if "sparse" in R:
         S = R["sparse"]
         L.append("## 2. Sparse image, %d MiB holding %d MiB in %d extents\n"
                  % (S["size"] // MiB, S["data"] // MiB, S["extents"]))
-        L.append("| net | method | time s | ratio | fetched MiB | skipped zero MiB | read at source MiB | local du MiB | verified |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
+        L.append("| net | method | conns | time s | ratio | fetched MiB | skipped zero MiB | read at source MiB | read / allocated | local du MiB | verified |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for net, name, runs, t, base in copy_rows(S["runs"]):
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                net, name, fmt(t), fmt(ratio(t, base)),
+            if all(r.get("na") for r in runs):
+                L.append("| %s | %s | n/a: %s | | | | | | | | |"
+                         % (net, name, runs[0]["na"]))
+                continue
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                net, name, fmt(med(runs, "connections"), "%d"),
+                fmt(t), fmt(ratio(t, base)),
                 fmt(med(runs, "fetched_bytes") / MiB if "fetched_bytes" in runs[0] else None, "%.0f"),
                 fmt(med(runs, "skipped_zero_bytes") / MiB if "skipped_zero_bytes" in runs[0] else None, "%.0f"),
                 fmt((med(runs, "src_read_bytes") or 0) / MiB, "%.0f"),
+                fmt(ratio(med(runs, "src_read_bytes"), S["source_allocated"]), "%.3f"),
                 fmt(med(runs, "local_allocated") / MiB, "%.0f"),
                 {True: "yes", False: "**NO**", None: "-"}[runs[0].get("verified")]))
         L.append("\nSource image allocated: %d MiB.\n"
                  % (S["source_allocated"] // MiB))
+        L += targets(S["runs"], S["source_allocated"])
 
     if "vmview" in R:
-        V = R["vmview"]
-        runs = V["runs"]
-        L.append("## 3. VM view during the relocation (wan)\n")
-        L.append("fio 4 KiB random reads, iodepth 1, %d s, on a %d MiB region "
-                 "already present; background copy paused vs running.\n"
-                 % (V["runtime"], V["region"] // MiB))
-        L.append("| copy | p50 us | p99 us | mean us | IOPS | copy MiB/s meanwhile |")
-        L.append("|---|---:|---:|---:|---:|---:|")
-        for k in ("paused", "copying"):
-            rs = [r[k] for r in runs]
-            L.append("| %s | %s | %s | %s | %s | %s |" % (
-                k, fmt(med(rs, "p50_us"), "%.0f"), fmt(med(rs, "p99_us"), "%.0f"),
-                fmt(med(rs, "lat_mean_us"), "%.0f"), fmt(med(rs, "iops"), "%.0f"),
-                fmt(med(runs, "copy_mib_s"), "%.1f") if k == "copying" else "-"))
-        L.append("\nratio running/paused: p50 %s, p99 %s; the copy was active "
-                 "for %s s of the %s s fio window.\n" % (
-                     fmt(ratio(med([r["copying"] for r in runs], "p50_us"),
-                               med([r["paused"] for r in runs], "p50_us"))),
-                     fmt(ratio(med([r["copying"] for r in runs], "p99_us"),
-                               med([r["paused"] for r in runs], "p99_us"))),
-                     fmt(med(runs, "copy_active_s"), "%.1f"),
-                     fmt(med(runs, "fio_window_s"), "%.1f")))
+        L += vmview(R["vmview"])
 
     if "firsttouch" in R:
         F = R["firsttouch"]
@@ -177,7 +246,9 @@ def plot(R, path):
     rows = (len(panels) + 1) // 2
     fig, axes = plt.subplots(rows, cols, figsize=(12, 4.2 * rows), squeeze=False)
     styles = {"relocate": "C0", "nbdcopy": "C1", "scan+cache (2M blocks)": "C2",
-              "scan+cache (defaults)": "C3", "qsd block-stream": "C4"}
+              "scan+cache (defaults)": "C3", "qsd block-stream": "C4",
+              "relocate connections=1": "C5",
+              "nbdcopy --connections=1": "C6"}
     for ax, (scen, net) in zip(axes.flat, panels):
         size = R[scen]["size"]
         ax_present = ax
@@ -193,16 +264,17 @@ def plot(R, path):
                 continue
             xs = [0] + [x[0] for x in tl]
             ys = [0] + [x[1] / GiB for x in tl]
-            if name == "relocate" and scen == "sparse":
-                ax.plot(xs, [0] + [x[2] / GiB for x in tl], color="C0",
-                        ls="--", label="relocate (fetched bytes)")
-                ax_present.plot(xs, ys, color="C0", lw=0.8, alpha=0.6)
+            if name.startswith("relocate") and scen == "sparse":
+                c = styles.get(name)
+                ax.plot(xs, [0] + [x[2] / GiB for x in tl], color=c,
+                        ls="--", label="%s (fetched bytes)" % name)
+                ax_present.plot(xs, ys, color=c, lw=0.8, alpha=0.6)
                 ax_present.axhline(size / GiB, color="grey", lw=0.5, ls=":")
                 ax.plot([r["time_s"]], [tl[-1][2] / GiB], marker="x",
-                        color="C0", markersize=9)
+                        color=c, markersize=9)
                 continue
             label = name
-            if name == "nbdcopy":
+            if name.startswith("nbdcopy"):
                 label += " (output allocated)"
             elif name.startswith("scan"):
                 label += " (cache allocated)"

@@ -10,30 +10,58 @@ import time
 from .common import log, rm
 from .images import same, settle
 from .procs import Sampler, allocated, ctl_status, proc_cpu
+from .servers import RELAYS
+
+
+def relay_conns(b):
+    """How many connections the relay served (counted from its log
+    when the source stopped): None without a relay."""
+    return b.relay_conns
+
+
+# The methods measured on the relay models (bench/lib/relay.py): the
+# filter with its default number of connections to the source and with
+# one, nbdcopy with its default and with one.
+RELAY_METHODS = ("relocate", "relocate connections=1", "nbdcopy",
+                 "nbdcopy --connections=1")
 
 
 def compare(b, scen, methods, run_one, summary):
     """{net: {method: [result of every repetition]}}: run_one(method,
-    net, rep) for every repetition, wan then lan, every method; logs
-    summary(result) after each."""
+    net, rep) for every repetition, every network model of the run
+    (b.nets), every method (methods(net)); logs summary(result) after
+    each.  On a relay model, "relocate" is n/a if the filter has no
+    relocate-connections parameter (it then has one connection, which
+    "relocate connections=1" measures)."""
     res = {}
     for rep in range(b.reps):
-        for net in ("wan", "lan"):
-            for m in methods:
-                log("%s %s rep %d: %s" % (scen, net, rep + 1, m))
-                r = run_one(m, net, rep)
-                log("  " + summary(r))
+        for net in b.nets:
+            for m in methods(net):
+                if m == "relocate" and net in RELAYS and not b.multiconn:
+                    r = dict(na="the filter has no relocate-connections "
+                             "parameter", time_s=None)
+                else:
+                    log("%s %s rep %d: %s" % (scen, net, rep + 1, m))
+                    r = run_one(m, net, rep)
+                    log("  " + summary(r))
                 res.setdefault(net, {}).setdefault(m, []).append(r)
     return res
 
 
-def relocate(b, img, net, local, size, verify=False):
+def relocate_extra(b, m):
+    """The filter parameters of relocate method m."""
+    if m == "relocate connections=1" and b.multiconn:
+        return ["relocate-connections=1"]
+    return []
+
+
+def relocate(b, img, net, local, size, verify=False, extra=()):
     """Wall time from starting nbdkit until relocatectl wait returns."""
     rm(local, local + ".bitmap")
     settle()
     b.start_source(img, net)
     t0 = time.monotonic()
-    b.start_dest("dst", local)
+    b.start_dest("dst", local, extra=extra)
     ctl = b.procs.path("dst", "ctl")
 
     def sample():
@@ -53,6 +81,7 @@ def relocate(b, img, net, local, size, verify=False):
     b.procs.stop("dst")
     stats = b.stop_source()
     r = dict(time_s=t, cpu_s=cpu, rss_kib=hwm,
+             connections=relay_conns(b),
              all_present_s=full[0] if full else None,
              src_read_bytes=stats["read_bytes"],
              src_read_ops=stats["read_ops"],
@@ -68,9 +97,9 @@ def relocate(b, img, net, local, size, verify=False):
     return r
 
 
-def nbdcopy(b, img, net, verify=False):
-    """nbdcopy --flush from the source to TMP/copy.img (removed after),
-    under /usr/bin/time for its CPU and peak RSS."""
+def nbdcopy(b, img, net, verify=False, args=()):
+    """nbdcopy --flush [ARGS] from the source to TMP/copy.img (removed
+    after), under /usr/bin/time for its CPU and peak RSS."""
     out = os.path.join(b.tmp, "copy.img")
     rm(out)
     settle()
@@ -79,7 +108,7 @@ def nbdcopy(b, img, net, verify=False):
     t0 = time.monotonic()
     samp = Sampler(lambda: allocated(out), t0)
     subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", "-o", tfile,
-                    "nbdcopy", "--flush", b.uri("src"), out],
+                    "nbdcopy", "--flush"] + list(args) + [b.src_uri(), out],
                    check=True)
     t = time.monotonic() - t0
     tl = samp.stop()
@@ -87,7 +116,8 @@ def nbdcopy(b, img, net, verify=False):
     stats = b.stop_source()
     with open(tfile) as f:
         e, u, s, m = f.read().split()[-4:]
-    r = dict(time_s=t, cpu_s=float(u) + float(s), rss_kib=int(m),
+    r = dict(time_s=t, connections=relay_conns(b),
+             cpu_s=float(u) + float(s), rss_kib=int(m),
              src_read_bytes=stats["read_bytes"],
              src_read_ops=stats["read_ops"],
              local_allocated=allocated(out), timeline=tl)

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import tempfile
 
-from .common import GiB, KiB, MiB, TOP
+from .common import HERE, GiB, KiB, MiB, TOP
 from .images import make_dense
 from .procs import Procs, ctl_status
 
@@ -19,6 +19,18 @@ PROFILES = {
                   seq=128 * MiB, region=32 * MiB, fio_runtime=3,
                   scan_default_cap=8, reps=1),
 }
+
+# The network models (see bench/README.md).  "wan" and "lan" are the
+# source itself (with nbdkit's delay and rate filters for wan); the
+# others put bench/lib/relay.py, a TCP relay on 127.0.0.1, in front of
+# a plain source: a round trip, a cap on every TCP connection (a
+# quarter of the link) with one bandwidth-delay product in flight, and
+# a cap on the link.
+RELAYS = {
+    "wan-streams": dict(rtt="20ms", conn_rate="32M", link_rate="128M"),
+    "wan-100ms": dict(rtt="100ms", conn_rate="32M", link_rate="128M"),
+}
+NETS = ["wan-streams", "wan-100ms", "wan", "lan"]   # lan last: "after"
 
 
 def parse_stats(path):
@@ -65,6 +77,18 @@ class Bench:
                                   capture_output=True, text=True,
                                   cwd=TOP).stdout.strip() or None
         self.dense_img = None
+        self.nets = args.nets.split(",") if args.nets else list(NETS)
+        for n in self.nets + [args.vmview_net]:
+            if n not in NETS:
+                raise SystemExit("unknown network model %s (of %s)"
+                                 % (n, ",".join(NETS)))
+        # Does the filter open several connections to the source?
+        h = subprocess.run(["nbdkit", "--filter=" + self.filter, "null",
+                            "--help"], capture_output=True, text=True)
+        self.multiconn = "relocate-connections" in h.stdout + h.stderr
+        self.src_port = None
+        self.relay_conns = None
+        self.dense_local_net = None
 
     def _rdelay_seconds(self):
         for a in self.wan_args:
@@ -98,7 +122,8 @@ class Bench:
                                 pidfile=self.procs.path(name, "pid"))
 
     def start_source(self, img, net, stats=True):
-        """The old host: nbdkit file IMG, behind the WAN model if wan.
+        """The old host: nbdkit file IMG, behind the WAN model if wan,
+        behind the relay (started here too) for the relay models.
         Always the same socket: the relocate bitmap records it."""
         filters = ["--filter=stats"] if stats else []
         params = ["statsfile=" + self.procs.path("src", "stats")] if stats else []
@@ -108,15 +133,56 @@ class Bench:
         if stats and os.path.exists(self.procs.path("src", "stats")):
             os.unlink(self.procs.path("src", "stats"))
         self.nbdkit("src", filters + ["file", img] + params)
+        self.src_port = None
+        if net in RELAYS:
+            m = RELAYS[net]
+            portf = self.procs.path("relay", "port")
+            pidf = self.procs.path("relay", "pid")
+            self.procs.start("relay", [
+                "/usr/bin/python3", os.path.join(HERE, "lib", "relay.py"),
+                "--upstream", "unix:" + self.sock("src"),
+                "--listen", "127.0.0.1:0", "--port-file", portf,
+                "--pid-file", pidf, "--rtt", m["rtt"],
+                "--conn-rate", m["conn_rate"], "--link-rate", m["link_rate"]],
+                wait_paths=[portf], pidfile=pidf)
+            with open(portf) as f:
+                self.src_port = int(f.read())
+
+    def src_uri(self):
+        """The source as nbdcopy and fio see it (through the relay if
+        there is one)."""
+        if self.src_port:
+            return "nbd://127.0.0.1:%d/" % self.src_port
+        return self.uri("src")
+
+    def src_plugin_args(self):
+        """The nbd plugin's parameters for the source."""
+        if self.src_port:
+            return ["hostname=127.0.0.1", "port=%d" % self.src_port]
+        return ["socket=" + self.sock("src")]
+
+    def relay_accepted(self):
+        """Connections the last relay served (it logs each as it
+        closes, and closes the rest at exit)."""
+        try:
+            with open(self.procs.path("relay", "log")) as f:
+                last = f.read().rsplit("\n#### ", 1)[-1]
+        except OSError:
+            return None
+        return len(re.findall(r"^relay: conn \d+ closed", last, re.M))
 
     def stop_source(self):
-        """Stop the source; its read statistics (written at exit)."""
+        """Stop the relay and the source; the source's read statistics
+        (written at exit)."""
+        self.procs.stop("relay")
         self.procs.stop("src")
+        self.relay_conns = self.relay_accepted() if self.src_port else None
+        self.src_port = None
         return parse_stats(self.procs.path("src", "stats"))
 
     def start_dest(self, name, local, start="immediate", extra=()):
         ctl = self.procs.path(name, "ctl")
-        args = ["--filter=" + self.filter, "nbd", "socket=" + self.sock("src"),
+        args = ["--filter=" + self.filter, "nbd"] + self.src_plugin_args() + [
                 "relocate-file=" + local, "relocate-control=" + ctl]
         if start:
             args.append("relocate-start=" + start)

@@ -12,7 +12,9 @@ def run(b):
     not running) vs nbdkit file on the same local file."""
     local = os.path.join(b.tmp, "dense-local.img")     # left by "dense"
     size, rt = b.prof["dense"], b.prof["fio_runtime"]
-    if not os.path.exists(local + ".bitmap"):
+    # the bitmap records the source: restart only over a lan copy
+    if (not os.path.exists(local + ".bitmap")
+            or b.dense_local_net not in (None, "lan")):
         img = b.need_dense()
         log("after: relocating over the lan first")
         copies.relocate(b, img, "lan", local, size)

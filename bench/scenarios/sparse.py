@@ -6,6 +6,7 @@ from lib import copies
 from lib.common import MiB, rm
 from lib.images import make_sparse
 from lib.procs import allocated
+from lib.servers import RELAYS
 
 
 def run(b):
@@ -15,19 +16,26 @@ def run(b):
     local = os.path.join(b.tmp, "sparse-local.img")
 
     def run_one(m, net, rep):
-        if m == "relocate":
-            r = copies.relocate(b, img, net, local, size, verify=rep == 0)
+        if m.startswith("relocate"):
+            r = copies.relocate(b, img, net, local, size, verify=rep == 0,
+                                extra=copies.relocate_extra(b, m))
             rm(local, local + ".bitmap")
             return r
-        return copies.nbdcopy(b, img, net, verify=rep == 0)
+        return copies.nbdcopy(b, img, net, verify=rep == 0,
+                              args=m.split()[1:])
 
     def summary(r):
-        return ("%.2f s, %d MiB from the source, %d MiB allocated"
+        return ("%.2f s, %d MiB from the source, %d MiB allocated%s"
                 % (r["time_s"], (r["src_read_bytes"] or 0) // MiB,
-                   r["local_allocated"] // MiB))
+                   r["local_allocated"] // MiB,
+                   ", %d connections" % r["connections"]
+                   if r.get("connections") else ""))
 
-    res = copies.compare(b, "sparse", ("relocate", "nbdcopy"), run_one,
-                         summary)
+    def methods(net):
+        return (copies.RELAY_METHODS if net in RELAYS
+                else ("relocate", "nbdcopy"))
+
+    res = copies.compare(b, "sparse", methods, run_one, summary)
     r = dict(size=size, data=data, extents=extents,
              source_allocated=allocated(img), runs=res)
     rm(img)
