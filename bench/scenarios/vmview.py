@@ -34,9 +34,10 @@ def one(b, img, local, size, region, rt, net, where, rw, qd, fsync):
     """A fresh relocation; REGION bytes of present data at the start
     of the disk (copied by the background copy, which is then paused,
     and read once sequentially so that both runs find it in the page
-    cache) or absent data at the end; fio with the copy paused, then
-    the same with it running (on a second, still absent, region for
-    absent data: the first run fetched its blocks)."""
+    cache) or absent data in the third quarter of the disk; fio with
+    the copy paused, then the same with it running (on the fourth
+    quarter for absent data: the first run fetched blocks of the
+    third)."""
     rm(local, local + ".bitmap")
     settle()
     b.start_source(img, net, stats=False)
@@ -49,14 +50,16 @@ def one(b, img, local, size, region, rt, net, where, rw, qd, fsync):
         wait_present(b, region + 64 * MiB)
         b.relocatectl("dst", "pause")
         fio.run(b.tmp, uri, "read", 1 * MiB, 8, region)
-        offs = (0, 0)
+        offs, span = (0, 0), region
     else:
-        offs = (size - 2 * region, size - region)
+        # the third quarter of the disk, then the fourth: large enough
+        # that random 4K I/O keeps finding absent blocks
+        offs, span = (size // 2, size * 3 // 4), size // 4
     settle()
     r = {}
     ctl = b.procs.path("dst", "ctl")
     st0 = b.status("dst")
-    r["paused"] = fio.run(b.tmp, uri, rw, 4 * KiB, qd, region, rt,
+    r["paused"] = fio.run(b.tmp, uri, rw, 4 * KiB, qd, span, rt,
                           offset=offs[0], fsync=fsync)
     st1 = b.status("dst")
     r["paused"]["fetched_demand_bytes"] = (st1["fetched_demand_bytes"]
@@ -67,7 +70,7 @@ def one(b, img, local, size, region, rt, net, where, rw, qd, fsync):
     time.sleep(0.3)
     b.relocatectl("dst", "resume")
     ta = time.monotonic() - t0
-    r["copying"] = fio.run(b.tmp, uri, rw, 4 * KiB, qd, region, rt,
+    r["copying"] = fio.run(b.tmp, uri, rw, 4 * KiB, qd, span, rt,
                            offset=offs[1], fsync=fsync)
     tb = time.monotonic() - t0
     tl = samp.stop()
@@ -86,6 +89,7 @@ def one(b, img, local, size, region, rt, net, where, rw, qd, fsync):
     else:
         r["copy_mib_s"] = r["copy_active_s"] = None
     r["fio_window_s"] = tb - ta
+    r["block_size"] = st2["block_size"]
     b.procs.stop("dst")
     b.stop_source()
     return r
