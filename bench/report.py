@@ -306,5 +306,5 @@ def plot(R, path):
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle("progress (first repetition); x = done, o = gave up")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=110)
