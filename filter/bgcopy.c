@@ -18,6 +18,7 @@
 #include "state.h"
 #include "bitmap.h"
 #include "bgcopy.h"
+#include "lock.h"
 #include "blk.h"
 #include "upstream.h"
 
@@ -248,12 +249,12 @@ worker (void *arg)
 }
 
 /* Serialises the transitions out of standby and into complete. */
-static GMutex transition_lock;
+static pthread_mutex_t transition_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int
 bgcopy_start_relocation (const char *why)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&transition_lock);
+  LOCK_FOR_SCOPE (&transition_lock);
 
   if (state_get () != STATE_STANDBY)
     return 0;
@@ -284,7 +285,7 @@ notice (const char *fmt, ...)
 static void
 complete (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&transition_lock);
+  LOCK_FOR_SCOPE (&transition_lock);
   int err;
 
   if (blk_flush (&err) == -1 || blk_persist_flag (BITMAP_FLAG_COMPLETE) == -1)

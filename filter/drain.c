@@ -20,6 +20,7 @@
 #include <nbdkit-filter.h>
 
 #include "drain.h"
+#include "lock.h"
 #include "params.h"
 #include "state.h"
 
@@ -27,8 +28,8 @@ static int pipefd[2] = { -1, -1 };   /* the signal handler writes 'T' */
 static pthread_t thread;
 static bool running;
 
-static GMutex lock;
-static GCond gone;                   /* clients reached 0 */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gone;          /* CLOCK_MONOTONIC */                   /* clients reached 0 */
 static unsigned clients;
 static double last_left;             /* when the last client left */
 static bool draining;
@@ -139,18 +140,17 @@ drain (void)
 {
   g_autoptr (GArray) listeners = g_array_new (false, false,
                                               sizeof (struct address));
-  gint64 deadline = g_get_monotonic_time () + DRAIN_SECONDS * G_TIME_SPAN_SECOND;
+  double deadline = state_now () + DRAIN_SECONDS;
   struct shut sh = { .listeners = listeners, .how = SHUT_RD };
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   draining = true;
   for_each_socket (collect_listener, listeners);
   if (listeners->len > 0) {
     nbdkit_debug ("relocate: stopping: letting %u clients finish", clients);
     for_each_socket (shut_client, &sh);
-    while (clients > 0)
-      if (!g_cond_wait_until (&gone, &lock, deadline))
-        break;
+    while (clients > 0 && state_now () < deadline)
+      cond_wait_until (&gone, &lock, deadline);
     if (clients > 0) {
       nbdkit_debug ("relocate: stopping: closing %u clients without a reply",
                     clients);
@@ -158,10 +158,10 @@ drain (void)
       for_each_socket (shut_client, &sh);
     }
   }
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   if (give_up_fn)
     give_up_fn ();
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   nbdkit_shutdown ();
 }
 
@@ -171,7 +171,7 @@ drain (void)
 static bool
 standby_expired (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   return cfg.standby_timeout > 0 && clients == 0 &&
     state_now () - last_left >= cfg.standby_timeout &&
@@ -210,6 +210,7 @@ drain_start (void (*give_up) (void))
   struct sigaction sa = { .sa_handler = on_signal };
   int e;
 
+  cond_init_monotonic (&gone);
   if (pipe2 (pipefd, O_CLOEXEC | O_NONBLOCK) == -1) {
     nbdkit_error ("relocate: pipe: %m");
     return -1;
@@ -246,7 +247,7 @@ drain_stop (void)
 bool
 drain_client_open (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   if (draining)
     return false;
@@ -257,10 +258,10 @@ drain_client_open (void)
 void
 drain_client_close (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   if (--clients == 0) {
     last_left = state_now ();
-    g_cond_broadcast (&gone);
+    pthread_cond_broadcast (&gone);
   }
 }

@@ -6,11 +6,12 @@
 
 #include <glib.h>
 
+#include "lock.h"
 #include "state.h"
 
 struct stats stats;
 
-static GMutex lock;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static enum reloc_state state;
 static bool paused;
 static double started_at, completed_at;   /* monotonic seconds */
@@ -33,7 +34,7 @@ state_now (void)
 enum reloc_state
 state_get (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   return state;
 }
@@ -41,7 +42,7 @@ state_get (void)
 void
 state_set (enum reloc_state s)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   if (s == STATE_RELOCATING && state != STATE_RELOCATING)
     started_at = state_now ();
@@ -53,7 +54,7 @@ state_set (enum reloc_state s)
 double
 state_elapsed (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   switch (state) {
   case STATE_RELOCATING:
@@ -78,7 +79,7 @@ state_save_counters (uint64_t c[STATE_NCOUNTERS])
 void
 state_restore_counters (const uint64_t c[STATE_NCOUNTERS])
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   stats.fetched_demand = c[0];
   stats.fetched_background = c[1];
@@ -90,7 +91,7 @@ state_restore_counters (const uint64_t c[STATE_NCOUNTERS])
 void
 state_set_paused (bool p)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   paused = p;
 }
@@ -98,7 +99,7 @@ state_set_paused (bool p)
 bool
 state_paused (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   return paused;
 }
@@ -118,7 +119,7 @@ state_rate (void)
 void
 state_set_failure (enum failure_cause cause, const char *why)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   g_free (failure[cause]);
   failure[cause] = g_strdup (why);
@@ -133,7 +134,7 @@ state_clear_failure (enum failure_cause cause)
 char *
 state_failure (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
   size_t i;
 
   for (i = 0; i < FAILURE_CAUSES; ++i)

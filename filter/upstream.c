@@ -14,6 +14,7 @@
 #include "params.h"
 #include "state.h"
 #include "upstream.h"
+#include "lock.h"
 
 #define MAX_REQUEST (32 * 1024 * 1024)
 #define MAX_BACKOFF 4.0          /* seconds between connection attempts */
@@ -62,8 +63,9 @@ struct request {
  * request ends.  Both are broadcast when a connection changes state or
  * we stop.
  */
-static GMutex lock;
-static GCond work, changed;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t changed = PTHREAD_COND_INITIALIZER; /* made monotonic */
 static GQueue queue = G_QUEUE_INIT;      /* requests not yet started */
 static GPtrArray *conns;                 /* every connection not yet freed */
 static nbdkit_backend *backend;
@@ -84,13 +86,6 @@ static pthread_t supervisor_thread;
 struct thread { pthread_t t; bool finished; };
 static GPtrArray *threads;
 
-/* gint64 microseconds for g_cond_wait_until from state_now seconds. */
-static gint64
-until (double t)
-{
-  return g_get_monotonic_time () + (gint64) ((t - state_now ()) * 1e6);
-}
-
 /* Record why the source is not usable; caller holds lock. */
 static void __attribute__ ((format (printf, 1, 2)))
 set_error (const char *fmt, ...)
@@ -107,8 +102,8 @@ set_error (const char *fmt, ...)
 static void
 wake_all (void)
 {
-  g_cond_broadcast (&work);
-  g_cond_broadcast (&changed);
+  pthread_cond_broadcast (&work);
+  pthread_cond_broadcast (&changed);
 }
 
 static void
@@ -271,9 +266,9 @@ free_conn (struct conn *c)
   if (c->next) {
     if (c->state == CONN_UP)
       c->state = CONN_BROKEN;
-    g_mutex_unlock (&lock);
+    pthread_mutex_unlock (&lock);
     close_context (c->next);
-    g_mutex_lock (&lock);
+    pthread_mutex_lock (&lock);
   }
   g_ptr_array_remove_fast (conns, c);
   g_free (c);
@@ -306,7 +301,7 @@ execute (struct conn *c, struct request *req)
   req->conn = c;
   req->started = state_now ();
   g_queue_push_tail (&c->active, req);
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   if (req->op == OP_PREAD)
     r = n->pread (n, req->buf, req->count, req->offset, 0, &err);
   else if (ext)
@@ -319,7 +314,7 @@ execute (struct conn *c, struct request *req)
    */
   if (r == -1 && !connection_error (err) && !probe (c))
     err = ECONNRESET;
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   g_queue_remove (&c->active, req);
   if (c->state == CONN_STUCK)
     source_answers ();
@@ -336,7 +331,7 @@ execute (struct conn *c, struct request *req)
   req->err = err;
   req->done = true;
   unref (req);
-  g_cond_broadcast (&changed);
+  pthread_cond_broadcast (&changed);
 }
 
 /* A connection's thread: carries out queued requests while it is up. */
@@ -346,21 +341,21 @@ executor (void *arg)
   struct conn *c = arg;
   struct request *req;
 
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   while (c->state == CONN_UP && !stopping && !detached) {
     req = g_queue_pop_head (&queue);
     if (req)
       execute (c, req);
     else
-      g_cond_wait (&work, &lock);
+      pthread_cond_wait (&work, &lock);
   }
   /* A request this thread was woken for goes to another. */
   if (!g_queue_is_empty (&queue))
-    g_cond_signal (&work);
+    pthread_cond_signal (&work);
   if (--c->threads == 0)
     free_conn (c);
   finished ();
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   return NULL;
 }
 
@@ -385,7 +380,7 @@ opener (void *arg)
   nbdkit_next *n = open_context (&size, &minimum, &maximum, &ext);
   unsigned i;
 
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   if (n && expected_size && (uint64_t) size != expected_size) {
     nbdkit_error ("relocate: the source now has size %" PRIi64 ", not %"
                   PRIu64 ": refusing it, serving only present blocks",
@@ -393,9 +388,9 @@ opener (void *arg)
     set_error ("source size changed to %" PRIi64 " (expected %" PRIu64 ")",
                size, expected_size);
     state_set_failure (FAILURE_SOURCE, last_error);
-    g_mutex_unlock (&lock);
+    pthread_mutex_unlock (&lock);
     close_context (n);
-    g_mutex_lock (&lock);
+    pthread_mutex_lock (&lock);
     n = NULL;
   }
   /* An open abandoned for its slowness that succeeds after all: the
@@ -422,7 +417,7 @@ opener (void *arg)
     if (c->threads > 0) {
       wake_all ();
       finished ();
-      g_mutex_unlock (&lock);
+      pthread_mutex_unlock (&lock);
       return NULL;
     }
     c->state = CONN_BROKEN;
@@ -436,7 +431,7 @@ opener (void *arg)
   c->next = n;                   /* closed by free_conn */
   free_conn (c);
   finished ();
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   return NULL;
 }
 
@@ -513,7 +508,7 @@ supervisor (void *arg)
   double now;
   guint i;
 
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   while (!stopping) {
     now = state_now ();
     reap ();
@@ -536,9 +531,9 @@ supervisor (void *arg)
       if (up > 0 || opening == 0)
         open_conn ();
     }
-    g_cond_wait_until (&changed, &lock, until (now + CHECK_SECONDS));
+    cond_wait_until (&changed, &lock, now + CHECK_SECONDS);
   }
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   return arg;
 }
 
@@ -549,6 +544,7 @@ init (nbdkit_backend *b)
   if (conns == NULL) {
     conns = g_ptr_array_new ();
     threads = g_ptr_array_new ();
+    cond_init_monotonic (&changed);   /* before any thread waits */
   }
 }
 
@@ -559,14 +555,14 @@ upstream_connect_once (nbdkit_backend *b, int64_t *size)
   struct conn *c;
 
   init (b);
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   c = open_conn ();
   while (c && c->state == CONN_OPENING && state_now () < deadline)
-    g_cond_wait_until (&changed, &lock, until (deadline));
+    cond_wait_until (&changed, &lock, deadline);
   /* c may be freed (the open failed): look it up again. */
   if (c && g_ptr_array_find (conns, c, NULL) && c->state == CONN_UP) {
     *size = c->size;
-    g_mutex_unlock (&lock);
+    pthread_mutex_unlock (&lock);
     return 0;
   }
   if (c && g_ptr_array_find (conns, c, NULL) && c->state == CONN_OPENING) {
@@ -574,7 +570,7 @@ upstream_connect_once (nbdkit_backend *b, int64_t *size)
     set_error ("the source did not complete the handshake in %u s",
                cfg.timeout);
   }
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   return -1;
 }
 
@@ -584,9 +580,9 @@ upstream_start (nbdkit_backend *b, uint64_t size)
   int e;
 
   init (b);
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   expected_size = size;
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   e = pthread_create (&supervisor_thread, NULL, supervisor, NULL);
   if (e) {
     errno = e;
@@ -606,25 +602,25 @@ upstream_stop (void)
 
   if (conns == NULL)
     return true;
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   stopping = true;
   wake_all ();
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   if (supervising)
     pthread_join (supervisor_thread, NULL);
   supervising = false;
 
-  g_mutex_lock (&lock);
+  pthread_mutex_lock (&lock);
   while ((req = g_queue_pop_head (&queue)) != NULL) {
     req->r = -1;
     req->err = ESHUTDOWN;
     req->done = true;
     unref (req);
   }
-  g_cond_broadcast (&changed);
+  pthread_cond_broadcast (&changed);
   /* Idle threads leave and close their context; a stuck one cannot. */
   while (conns->len > 0 && state_now () < deadline)
-    g_cond_wait_until (&changed, &lock, until (deadline));
+    cond_wait_until (&changed, &lock, deadline);
   clean = conns->len == 0;
   if (clean) {
     /* Every thread has finished or is about to: wait for each. */
@@ -636,7 +632,7 @@ upstream_stop (void)
   else
     nbdkit_debug ("relocate: %u connections to the source cannot be closed",
                   conns->len);
-  g_mutex_unlock (&lock);
+  pthread_mutex_unlock (&lock);
   return clean;
 }
 
@@ -662,7 +658,7 @@ submit (enum op op, uint64_t offset, uint32_t count, bool urgent)
     g_queue_push_head (&queue, req);
   else
     g_queue_push_tail (&queue, req);
-  g_cond_signal (&work);
+  pthread_cond_signal (&work);
   return req;
 }
 
@@ -671,7 +667,7 @@ static bool
 wait_for (struct request *req, double t)
 {
   while (!req->done && !stopping && !giving_up && state_now () < t)
-    g_cond_wait_until (&changed, &lock, until (t));
+    cond_wait_until (&changed, &lock, t);
   return req->done;
 }
 
@@ -764,7 +760,7 @@ int
 upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
                 bool background, int *err)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
   unsigned up, opening, stuck;
   int r;
 
@@ -790,7 +786,7 @@ int
 upstream_extents (uint32_t count, uint64_t offset,
                   struct nbdkit_extents *extents, int *err)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
   double deadline = state_now () + cfg.timeout;
   uint64_t start = offset / min_block * min_block;
   struct request *req;
@@ -823,7 +819,7 @@ upstream_extents (uint32_t count, uint64_t offset,
 void
 upstream_give_up (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   giving_up = true;
   wake_all ();
@@ -832,7 +828,7 @@ upstream_give_up (void)
 void
 upstream_detach (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   detached = true;
   wake_all ();
@@ -841,7 +837,7 @@ upstream_detach (void)
 void
 upstream_reconnect (void)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   reconnect_now = true;
   set_error ("reconnect requested");
@@ -860,7 +856,7 @@ upstream_connected (void)
 void
 upstream_counts (unsigned *up, unsigned *wanted, unsigned *abandoned)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
   unsigned opening;
 
   if (conns == NULL) {
@@ -874,7 +870,7 @@ upstream_counts (unsigned *up, unsigned *wanted, unsigned *abandoned)
 void
 upstream_last_error (char *buf, size_t len)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&lock);
+  LOCK_FOR_SCOPE (&lock);
 
   g_strlcpy (buf, last_error, len);
 }
