@@ -27,6 +27,15 @@ uint64_t blk_nblocks;
 uint64_t blk_export_size;
 
 uint64_t blk_present_bytes (void) { return 0; }
+void blk_retry_failed (void) { }
+
+uint64_t
+blk_failed_blocks (uint64_t *first, size_t max, size_t *n)
+{
+  (void) first; (void) max;
+  *n = 0;
+  return 0;
+}
 
 double bgcopy_current_rate (void) { return 0; }
 void bgcopy_kick (void) { }
@@ -34,6 +43,12 @@ int bgcopy_start_relocation (const char *why) { (void) why; return 0; }
 
 bool upstream_connected (void) { return false; }
 void upstream_reconnect (void) { }
+
+void
+upstream_counts (unsigned *up, unsigned *wanted, unsigned *abandoned)
+{
+  *up = *wanted = *abandoned = 0;
+}
 
 void
 upstream_last_error (char *buf, size_t len)
