@@ -279,15 +279,12 @@ free_conn (struct conn *c)
  * where a read last worked (or ask for block status).
  */
 static bool
-probe (struct conn *c)
+probe (nbdkit_next *n, uint64_t off, uint32_t len)
 {
-  g_autofree char *buf = g_malloc (min_block);
-  uint64_t off = c->good_offset;
+  g_autofree char *buf = g_malloc (len);
   int err;
 
-  if (off + min_block > expected_size)
-    off = 0;
-  return c->next->pread (c->next, buf, min_block, off, 0, &err) == 0;
+  return n->pread (n, buf, len, off, 0, &err) == 0;
 }
 
 /* Carry out one request on c; caller holds lock, dropped meanwhile. */
@@ -296,6 +293,9 @@ execute (struct conn *c, struct request *req)
 {
   nbdkit_next *n = c->next;
   bool ext = can_extents;
+  uint32_t probe_len = min_block;
+  uint64_t probe_off = c->good_offset + min_block <= expected_size
+    ? c->good_offset : 0;
   int r, err = 0;
 
   req->conn = c;
@@ -312,7 +312,7 @@ execute (struct conn *c, struct request *req)
    * request's alone (a bad block): the connection stays if a probe
    * succeeds.
    */
-  if (r == -1 && !connection_error (err) && !probe (c))
+  if (r == -1 && !connection_error (err) && !probe (n, probe_off, probe_len))
     err = ECONNRESET;
   pthread_mutex_lock (&lock);
   g_queue_remove (&c->active, req);

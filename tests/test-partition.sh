@@ -191,6 +191,11 @@ pass "relocatectl answers within 2 s with the source hung"
 # ---- 1c. The heal: the relocation completes without operator action ----
 kill -CONT "$srcpid"
 echo "source continued at $(date +%T)"
+# No operator action: the filter reconnects by itself (at once, since
+# abandoned connections then get their answers; a sanitizer build on a
+# loaded machine may need a few seconds).
+wait_for field_is dst upstream_connected true || fail "no reconnection after the heal"
+echo "reconnected at $(date +%T)"
 ctl rate dst 0
 # Writes that failed with EIO may or may not have happened: write the
 # same data again (the oracle has it already).
