@@ -797,9 +797,15 @@ upstream_extents (uint32_t count, uint64_t offset,
     *err = EIO;
     return -1;
   }
-  count = MIN ((uint64_t) count + (offset - start), max_request);
-  count = MIN ((count + min_block - 1) / min_block * min_block,
-               MAX (expected_size, start + count) - start);
+  /* Block status has no maximum: ask for the whole range (the mapper
+   * asks 1G at a time), aligned, within 32 bits.
+   */
+  {
+    uint64_t len = (uint64_t) count + (offset - start);
+    len = MIN ((len + min_block - 1) / min_block * min_block,
+               MAX (expected_size, start + len) - start);
+    count = MIN (len, UINT32_MAX / min_block * min_block);
+  }
   req = submit (OP_EXTENTS, start, count, false);
   if (req->extents == NULL || !wait_for (req, deadline) || req->r == -1) {
     *err = req->done && req->err ? req->err : EIO;
