@@ -1,0 +1,405 @@
+#!/usr/bin/env bash
+# A real live migration between two real libvirtd's on this machine,
+# with the hook from this tree and Debian's default QEMU user
+# (libvirt-qemu:kvm).  Each daemon runs in a mount namespace of its own
+# (unshare -m --propagation private) with private bind mounts over /run,
+# /etc/libvirt (the hook installed in hooks/qemu.d), /var/lib/libvirt,
+# /var/cache/libvirt, /var/log/libvirt and /etc/hosts ("relocate-oldhost"
+# is 127.0.0.1, the old host's NBD export: a plain nbdkit file); the
+# hook's configuration and state root are private directories too.
+# Nothing is installed or changed in the machine's own /etc/libvirt.
+#
+# No guest OS: TCG, and a disk with nothing bootable, so the guest sits
+# in the firmware; its I/O is HMP qemu-io on the virtio drive.
+#
+#  1. a migration that fails after the hook started the relocation
+#     server but before QEMU starts (a domain of the same name with
+#     another UUID is defined on B): the server stops by itself after
+#     the standby timeout;
+#  2. the guest writes at A, then a second migration (--persistent)
+#     succeeds: a fresh relocation (the first attempt's state moved
+#     aside), QEMU on B runs as libvirt-qemu and reads through the
+#     relocation socket what the guest wrote at A after the failed
+#     attempt; writes on B; the relocation completes; destroy stops the
+#     server; the raw file is byte-exact, and the old host's image was
+#     not written by B;
+#  3. the persistent definition B kept names the old host: starting it
+#     is refused with a message that says what to do.
+#
+# Skipped (exit 77) when libvirt/QEMU are not installed, when not root,
+# or when mount namespaces cannot be made.
+set -u
+skip () { echo "SKIP: $*"; exit 77; }
+[ "$(id -u)" -eq 0 ] || skip "needs root (mount namespaces, two libvirtd's)"
+for c in libvirtd virsh qemu-system-x86_64; do
+    command -v "$c" >/dev/null 2>&1 ||
+        skip "libvirt not installed (apt-get install libvirt-daemon-system qemu-system-x86 to run it)"
+done
+[ -d /etc/libvirt ] ||
+    skip "libvirt not installed (apt-get install libvirt-daemon-system qemu-system-x86 to run it)"
+id libvirt-qemu >/dev/null 2>&1 && getent group kvm >/dev/null ||
+    skip "no libvirt-qemu user or kvm group (Debian's libvirt-daemon-system creates them)"
+command -v unshare >/dev/null && unshare -m --propagation private true 2>/dev/null ||
+    skip "cannot make a mount namespace here (unshare -m)"
+
+source "$(dirname "$0")/functions.sh"
+HOOK=$srcdir/scripts/nbdkit-relocate-hook
+START=$(date +%s)
+elapsed () { echo "$(( $(date +%s) - START ))s"; }
+
+free_port () { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Both ports free; the migration port ranges are distinct and small.
+free_range ()
+{
+    $PY - <<'EOF'
+import socket, random
+for _ in range(200):
+    p = random.randrange(20000, 60000)
+    try:
+        ss = []
+        for q in range(p, p + 4):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); ss.append(s)
+        print(p); break
+    except OSError:
+        pass
+EOF
+}
+
+# running PID [MARKER]: alive, not a zombie, and (if given) MARKER in
+# its command line (a reused pid is never signalled).
+running ()
+{
+    local st cmd
+    st=$(cat "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] || return 1
+    st=${st##*) }
+    [ "${st:0:1}" != Z ] || return 1
+    [ -z "${2:-}" ] && return 0
+    cmd=$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null) || return 1
+    [[ $cmd == *"$2"* ]]
+}
+# kill_pid PID MARKER: TERM, then KILL after 10 s.
+kill_pid ()
+{
+    local pid=$1 marker=$2 i
+    running "$pid" "$marker" || return 0
+    kill -TERM "$pid" 2>/dev/null || :
+    for i in $(seq 100); do running "$pid" || return 0; sleep 0.1; done
+    running "$pid" "$marker" && kill -KILL "$pid" 2>/dev/null || :
+    for i in $(seq 50); do running "$pid" || return 0; sleep 0.1; done
+}
+
+chmod 0711 "$tmp"               # QEMU (libvirt-qemu) passes through to sockets
+DOM=relocate-mig
+UUID=3d1e5a90-0c7b-4f4e-8d0a-7e1a0c5f1201
+daemons=()                      # host names (A B) whose libvirtd started
+
+lv_cleanup ()
+{
+    local h pid ns p f
+    for h in "${daemons[@]}"; do
+        pid=$(cat "$tmp/$h/libvirtd.pid" 2>/dev/null) || continue
+        if running "$pid" libvirtd; then
+            for d in $(timeout 20 virsh -c "$(uri_of "$h")" list --name 2>/dev/null); do
+                timeout 30 virsh -c "$(uri_of "$h")" destroy "$d" >/dev/null 2>&1 || :
+            done
+        fi
+        # QEMU by its pid file, then every relocation server the hook
+        # started (its own attic included), then the daemon.
+        for f in "$tmp/$h"/run/libvirt/qemu/*.pid; do
+            [ -s "$f" ] && kill_pid "$(cat "$f")" qemu-system
+        done
+        while read -r f; do
+            for p in $($PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("nbdkit") or "", d.get("keeper") or "")' "$f" 2>/dev/null); do
+                kill_pid "$p" "$(dirname "$f")"
+            done
+        done < <(find "$tmp/$h/state" -name pids.json 2>/dev/null)
+        kill_pid "$pid" libvirtd
+        # Whatever else still runs in that mount namespace was started
+        # by this test (the namespace is its own): it goes too, so that
+        # the private mounts go with the namespace.
+        ns=$(cat "$tmp/$h/ns" 2>/dev/null) || continue
+        for p in /proc/[0-9]*; do
+            [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
+            echo "warning: $h: pid ${p#/proc/} still in the namespace: $(tr '\0' ' ' < "$p/cmdline")" >&2
+            kill -KILL "${p#/proc/}" 2>/dev/null || :
+        done
+    done
+}
+trap 'st=$?; lv_cleanup; (exit $st); cleanup' EXIT INT TERM
+
+# ---- the old host's export ----
+random_image "$tmp/src.img" 16
+# Nothing bootable: the firmware must not find a boot sector.
+dd if=/dev/zero of="$tmp/src.img" bs=512 count=1 conv=notrunc status=none
+psrc=$(free_port)
+rm -f "$tmp/src.pid"
+nbdkit -f -i 127.0.0.1 -p "$psrc" -P "$tmp/src.pid" file "$tmp/src.img" 2>>"$tmp/src.log" </dev/null &
+disown
+wait_for test -s "$tmp/src.pid" || fail "source nbdkit did not start"
+servers+=(src)
+wait_for nbdinfo --can connect "nbd://127.0.0.1:$psrc" || fail "source does not serve"
+
+# nbdkit for the hook (with a sanitizer build its runtime is preloaded,
+# and its options kept: libvirt runs hooks with a clean environment).
+mkdir -p "$tmp/bin"
+{ echo '#!/bin/sh'
+  if [ -n "${SANITIZER_PRELOAD:-}" ]; then
+      printf 'exec env LD_PRELOAD=%q ASAN_OPTIONS=%q UBSAN_OPTIONS=%q TSAN_OPTIONS=%q nbdkit "$@"\n' \
+          "$SANITIZER_PRELOAD" "${ASAN_OPTIONS:-}" "${UBSAN_OPTIONS:-}" "${TSAN_OPTIONS:-}"
+  else
+      echo 'exec nbdkit "$@"'
+  fi; } > "$tmp/bin/nbdkit"
+chmod 0755 "$tmp/bin/nbdkit"
+
+# ---- two hosts ----
+uri_of () { echo "qemu+tcp://127.0.0.1:$(cat "$tmp/$1/port")/system"; }
+STANDBY=6
+
+setup_host ()   # NAME HOST_UUID
+{
+    local n=$1 huuid=$2 h=$tmp/$1 port mig
+    mkdir -p "$h"/{run,lib,cache,log,state}
+    chmod 0755 "$h" "$h"/{run,lib,cache,log}
+    port=$(free_port); echo "$port" > "$h/port"
+    mig=$(free_range); echo "$mig" > "$h/migport"
+    cp -a /etc/libvirt "$h/etc"
+    rm -rf "$h/etc/hooks" "$h"/etc/qemu/*.xml "$h"/etc/qemu/autostart \
+           "$h"/etc/qemu/networks/autostart/*
+    mkdir -p "$h/etc/hooks/qemu.d"
+    # Installed as make install does it, with this tree's relocatectl
+    # and a private hook.conf.
+    sed -e "s|\"relocatectl\": \"relocatectl\"|\"relocatectl\": \"$RELOCATECTL\"|" \
+        -e "s|\"/etc/nbdkit-relocate/hook.conf\"|\"$h/hook.conf\"|" \
+        "$HOOK" > "$h/etc/hooks/qemu.d/nbdkit-relocate"
+    chmod 0755 "$h/etc/hooks/qemu.d/nbdkit-relocate"
+    grep -q "\"$h/hook.conf\"" "$h/etc/hooks/qemu.d/nbdkit-relocate" ||
+        fail "the hook's configuration path could not be set"
+    { echo "[hook]"
+      echo "state_root = $h/state"
+      echo "nbdkit = $tmp/bin/nbdkit"
+      echo "filter = $FILTER"
+      echo "relocatectl = $RELOCATECTL"
+      echo "standby_timeout = $STANDBY"
+      echo "stop_grace = 5"; } > "$h/hook.conf"
+    cat >> "$h/etc/libvirtd.conf" <<EOF
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "127.0.0.1"
+tcp_port = "$port"
+auth_tcp = "none"
+host_uuid = "$huuid"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+EOF
+    # Debian's qemu.conf as installed (QEMU as libvirt-qemu:kvm,
+    # dynamic_ownership), plus: QEMU's output to a file (no virtlogd),
+    # no cgroups (both daemons would name their domain's cgroup alike),
+    # and a migration port range of this host's own (migration_address
+    # may not be 127.0.0.1: virsh migrate --listen-address says it).
+    cat >> "$h/etc/qemu.conf" <<EOF
+stdio_handler = "file"
+cgroup_controllers = [ ]
+migration_port_min = $mig
+migration_port_max = $((mig + 3))
+EOF
+    { cat /etc/hosts; echo "127.0.0.1 relocate-oldhost"; } > "$h/hosts"
+    unshare -m --propagation private sh -c '
+        h=$1
+        mount --bind "$h/run" /run &&
+        mkdir -p /run/libvirt &&
+        mount --bind "$h/etc" /etc/libvirt &&
+        mount --bind "$h/lib" /var/lib/libvirt &&
+        mount --bind "$h/cache" /var/cache/libvirt &&
+        mount --bind "$h/log" /var/log/libvirt &&
+        mount --bind "$h/hosts" /etc/hosts &&
+        readlink /proc/self/ns/mnt > "$h/ns" &&
+        exec libvirtd --listen -p /run/libvirtd.pid' sh "$h" \
+        >>"$h/libvirtd.out" 2>&1 </dev/null &
+    echo $! > "$h/libvirtd.pid"
+    disown
+    daemons+=("$n")
+}
+wait_daemon ()  # NAME
+{
+    local i
+    for i in $(seq 240); do
+        virsh -c "$(uri_of "$1")" version >/dev/null 2>&1 && return 0
+        running "$(cat "$tmp/$1/libvirtd.pid")" ||
+            fail "libvirtd $1 exited: $(tail -n 20 "$tmp/$1/libvirtd.out" "$tmp/$1/log/libvirtd.log" 2>/dev/null)"
+        sleep 0.5
+    done
+    fail "libvirtd $1 does not answer on $(uri_of "$1")"
+}
+setup_host A 9a0c0a0a-0000-4000-8000-00000000000a
+setup_host B 9a0c0b0b-0000-4000-8000-00000000000b
+wait_daemon A
+wait_daemon B
+UA=$(uri_of A) UB=$(uri_of B)
+pass "two libvirtd's: $UA and $UB ($(elapsed))"
+
+vA () { timeout 120 virsh -c "$UA" "$@"; }
+vB () { timeout 120 virsh -c "$UB" "$@"; }
+LOGB=$tmp/B/state/hook.log
+DB=$tmp/B/state/$UUID/vda
+
+# ---- the domain on A, its disk the old host's export ----
+domain_xml ()   # NAME UUID
+{
+    cat <<EOF
+<domain type='qemu'>
+  <name>$1</name>
+  <uuid>$2</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><bios rebootTimeout='-1'/></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source protocol='nbd'>
+        <host name='relocate-oldhost' port='$psrc'/>
+      </source>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+}
+domain_xml "$DOM" "$UUID" > "$tmp/dom.xml"
+vA create "$tmp/dom.xml" >/dev/null || fail "virsh create on A: $(tail -n 20 "$tmp/A/log/qemu/$DOM.log" 2>/dev/null)"
+
+# hmp HOST COMMAND: a qemu-io command on the guest's virtio disk (the
+# virtio-blk-pci proxy has no BlockBackend; its virtio-backend child
+# does).  qemu-io prints to QEMU's stdout, the domain's log here: the
+# new lines there must say it was done, and no pattern mismatch.
+hmp ()
+{
+    local out qlog=$tmp/$1/log/qemu/$DOM.log n i new
+    n=$(wc -l < "$qlog")
+    out=$(timeout 60 virsh -c "$(uri_of "$1")" qemu-monitor-command "$DOM" --hmp \
+          "qemu-io -d virtio-disk0/virtio-backend \"$2\"" 2>&1) || fail "$1: qemu-io '$2': $out"
+    [ -z "$out" ] || fail "$1: qemu-io '$2': $out"
+    for i in $(seq 100); do
+        new=$(tail -n +$((n + 1)) "$qlog")
+        case $new in *"wrote "*|*"read "*) break ;; esac
+        sleep 0.1
+    done
+    case $new in
+        *"wrote "*|*"read "*) ! grep -qi "fail\|error\|mismatch" <<<"$new" ||
+                                  fail "$1: qemu-io '$2': $new" ;;
+        *) fail "$1: qemu-io '$2': no result in $qlog: $new" ;;
+    esac
+}
+hmp A "write -P 0x11 2M 64k"
+cmp -s <(head -c $((2*1024*1024 + 65536)) "$tmp/src.img" | tail -c 65536) \
+       <(head -c 65536 /dev/zero | tr '\0' '\021') ||
+    fail "a write at A did not reach the old host's image"
+pass "domain on A (TCG, as libvirt-qemu), guest write at A reaches the old host ($(elapsed))"
+
+# ---- 1. a migration that fails after migrate begin, before QEMU ----
+# A domain of the same name with another UUID on B: libvirt refuses the
+# incoming domain after the hook ran.
+domain_xml "$DOM" 3d1e5a90-0c7b-4f4e-8d0a-7e1a0c5f12ff > "$tmp/blocker.xml"
+vB define "$tmp/blocker.xml" >/dev/null || fail "define the blocker on B"
+t0=$(date +%s)
+if vA migrate --live "$DOM" "$UB" --listen-address 127.0.0.1 --migrateuri "tcp://127.0.0.1:$(cat "$tmp/B/migport")" \
+       > "$tmp/mig1.out" 2>&1; then
+    fail "the migration succeeded in spite of the blocker"
+fi
+grep -q "already exists" "$tmp/mig1.out" || fail "the first migration failed otherwise: $(cat "$tmp/mig1.out")"
+[ "$(vA domstate "$DOM" 2>/dev/null)" = running ] || fail "the domain does not run on A after the failed migration"
+grep -q "domain '$DOM' disk vda: relocating nbd://relocate-oldhost:$psrc/" "$LOGB" ||
+    fail "the hook did not start a relocation on B: $(cat "$LOGB" 2>/dev/null)"
+p1=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$DB/pids.json")
+running "$p1" "$DB" || fail "no relocation server on B after the failed attempt"
+for i in $(seq $((STANDBY * 10 + 300))); do running "$p1" "$DB" || break; sleep 0.1; done
+running "$p1" "$DB" && fail "the server of the failed attempt (pid $p1) still runs $(( $(date +%s) - t0 )) s after the attempt: $(ps -o pid,ppid,stat,etime,args -p "$p1")"
+t1=$(date +%s)
+grep -q "relocate-standby-timeout" "$DB/nbdkit.log" ||
+    fail "nbdkit did not say why it stopped: $(tail -n 5 "$DB/nbdkit.log")"
+vB undefine "$DOM" >/dev/null || fail "undefine the blocker"
+pass "failed migration: the hook's server stopped by itself after $((t1 - t0)) s (standby_timeout $STANDBY) ($(elapsed))"
+
+# ---- 2. the guest writes at A, then a migration that succeeds ----
+hmp A "write -P 0x22 2M 64k"
+hmp A "write -P 0x23 7M 4k"
+t0=$(date +%s)
+vA migrate --live --persistent "$DOM" "$UB" \
+    --listen-address 127.0.0.1 --migrateuri "tcp://127.0.0.1:$(cat "$tmp/B/migport")" > "$tmp/mig2.out" 2>&1 ||
+    fail "migration A -> B: $(cat "$tmp/mig2.out"; tail -n 20 "$tmp/B/log/qemu/$DOM.log" "$tmp/B/log/libvirtd.log" 2>/dev/null)"
+t1=$(date +%s)
+[ "$(vB domstate "$DOM")" = running ] || fail "not running on B"
+vA domstate "$DOM" >/dev/null 2>&1 && fail "the domain is still on A"
+cp "$tmp/src.img" "$tmp/expected.img"     # the disk as the guest left A
+vB dumpxml "$DOM" > "$tmp/b.xml"
+grep -q "socket='$DB/nbd.sock'" "$tmp/b.xml" ||
+    fail "QEMU on B does not use the relocation socket: $(grep -A4 '<disk' "$tmp/b.xml")"
+qpid=$(cat "$tmp/B/run/libvirt/qemu/$DOM.pid")
+[ "$(ps -o user= -p "$qpid")" = libvirt-qemu ] ||
+    fail "QEMU on B runs as $(ps -o user= -p "$qpid"), not libvirt-qemu"
+[ "$(stat -c %U:%G "$DB/nbd.sock")" = libvirt-qemu:kvm ] ||
+    fail "socket owned by $(stat -c %U:%G "$DB/nbd.sock")"
+ls "$tmp/B/state/$UUID/attic/"*-vda >/dev/null 2>&1 ||
+    fail "the failed attempt's state was not moved aside"
+grep -q "the previous state was moved to" "$LOGB" || fail "no log line for the moved state"
+[ "$("$RELOCATECTL" status --json "$DB/control.sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = standby ] ||
+    fail "the relocation left standby before the guest wrote on B"
+pass "live migration A -> B in $((t1 - t0)) s; QEMU on B (libvirt-qemu) uses $DB/nbd.sock; the failed attempt's state is in the attic"
+
+# What the guest wrote at A after the failed attempt, read on B.
+hmp B "read -P 0x22 2M 64k"
+hmp B "read -P 0x23 7M 4k"
+# Guest writes on B start the relocation.
+writes=("0x5a 1M 64k" "0xa5 5M 4k" "0x33 1536 3k" "0x77 16320k 64k")
+for w in "${writes[@]}"; do
+    set -- $w
+    hmp B "write -P $1 $2 $3"
+done
+$PY - "$tmp/expected.img" "${writes[@]}" <<'EOF'
+import sys
+def n(s):
+    m = {"k": 1024, "M": 1024 * 1024}
+    return int(s[:-1]) * m[s[-1]] if s[-1] in m else int(s)
+with open(sys.argv[1], "r+b") as f:
+    for w in sys.argv[2:]:
+        pat, off, cnt = w.split()
+        f.seek(n(off)); f.write(bytes([int(pat, 16)]) * n(cnt))
+EOF
+hmp B "read -P 0x5a 1M 64k"
+"$RELOCATECTL" wait --timeout 120 "$DB/control.sock" ||
+    fail "the relocation did not complete: $("$RELOCATECTL" status "$DB/control.sock" 2>&1)"
+pass "guest reads at B what it wrote at A; writes at B; the relocation completed ($(elapsed))"
+
+pnb=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$DB/pids.json")
+vB destroy "$DOM" >/dev/null || fail "destroy on B"
+for i in $(seq 200); do running "$pnb" "$DB" || break; sleep 0.1; done
+running "$pnb" "$DB" && fail "the relocation server still runs after destroy"
+cmp "$DB/disk.img" "$tmp/expected.img" || fail "the relocated file differs from the disk as the guest left it"
+$PY - "$tmp/src.img" "$tmp/expected.img" <<'EOF' || fail "the old host's image changed after the migration"
+import sys
+# The old host's image is the disk as the guest left A: B's writes are
+# only in the relocated file.
+a, b = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
+for off, cnt in ((1 << 20, 65536), (5 << 20, 4096), (1536, 3072), (16320 << 10, 65536)):
+    assert a[off:off + cnt] != b[off:off + cnt]
+EOF
+n=$(grep -c "domain '$DOM' disk vda: server stopped; the relocation was complete" "$LOGB")
+[ "$n" -eq 1 ] || fail "$n 'relocation was complete' lines in hook.log: $(cat "$LOGB")"
+[ "$(stat -c %U "$DB/disk.img")" = root ] || fail "disk.img owned by $(stat -c %U "$DB/disk.img")"
+pass "destroy stopped the server; the relocated raw file is byte-exact; the old host's image has none of B's writes ($(elapsed))"
+
+# ---- 3. the persistent definition names the old host: refused ----
+vB dumpxml --inactive "$DOM" > "$tmp/b-inactive.xml" || fail "no persistent definition on B"
+grep -q "relocate-oldhost" "$tmp/b-inactive.xml" || fail "B's persistent definition: $(grep -A4 '<disk' "$tmp/b-inactive.xml")"
+if vB start "$DOM" > "$tmp/start.out" 2>&1; then
+    vB destroy "$DOM" >/dev/null 2>&1
+    fail "the persistent domain started on B with its disk on the old host"
+fi
+grep -q "start refused" "$tmp/start.out" && grep -q "$DB/disk.img" "$tmp/start.out" ||
+    fail "the refusal does not say what to do: $(cat "$tmp/start.out")"
+grep -q "disk vda: start refused" "$LOGB" || fail "no log line for the refusal"
+vB undefine "$DOM" >/dev/null || fail "undefine on B"
+pass "start of the persistent definition (old host's disk) refused: $(grep -o 'start refused.*' "$tmp/start.out" | head -c 160)..."
+
+pass "all in $(elapsed)"
