@@ -195,7 +195,11 @@ EOF
     # no cgroups (both daemons would name their domain's cgroup alike),
     # and a migration port range of this host's own (migration_address
     # may not be 127.0.0.1: virsh migrate --listen-address says it).
+    # security_driver = "none": no AppArmor or SELinux profile written
+    # outside the namespace (libvirt's DAC driver, which runs QEMU as
+    # libvirt-qemu and chowns its images, stays).
     cat >> "$h/etc/qemu.conf" <<EOF
+security_driver = "none"
 stdio_handler = "file"
 cgroup_controllers = [ ]
 migration_port_min = $mig
