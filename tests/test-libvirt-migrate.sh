@@ -125,7 +125,8 @@ lv_cleanup ()
         done
     done
 }
-trap 'st=$?; lv_cleanup; (exit $st); cleanup' EXIT INT TERM
+trap 'st=$?; lv_cleanup; (exit $st); cleanup' EXIT
+trap 'exit 143' INT TERM
 
 # ---- the old host's export ----
 random_image "$tmp/src.img" 16
