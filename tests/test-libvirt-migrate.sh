@@ -24,7 +24,9 @@
 #     server; the raw file is byte-exact, and the old host's image was
 #     not written by B;
 #  3. the persistent definition B kept names the old host: starting it
-#     is refused with a message that says what to do.
+#     is refused with a message that says what to do;
+#  4. an offline migration (--offline --persistent) leaves nothing
+#     running on B (a server it started stops by itself in standby).
 #
 # Skipped (exit 77) when libvirt/QEMU are not installed, when not root,
 # or when mount namespaces cannot be made.
@@ -406,5 +408,27 @@ grep -q "start refused" "$tmp/start.out" && grep -q "$DB/disk.img" "$tmp/start.o
 grep -q "disk vda: start refused" "$LOGB" || fail "no log line for the refusal"
 vB undefine "$DOM" >/dev/null || fail "undefine on B"
 pass "start of the persistent definition (old host's disk) refused: $(grep -o 'start refused.*' "$tmp/start.out" | head -c 160)..."
+
+# ---- 4. an offline migration leaves nothing running ----
+OFF=relocate-off
+UUID2=3d1e5a90-0c7b-4f4e-8d0a-7e1a0c5f1202
+domain_xml "$OFF" "$UUID2" > "$tmp/off.xml"
+vA define "$tmp/off.xml" >/dev/null || fail "define $OFF on A"
+t0=$(date +%s)
+vA migrate --offline --persistent "$OFF" "$UB" > "$tmp/mig3.out" 2>&1 ||
+    fail "offline migration: $(cat "$tmp/mig3.out")"
+vB dumpxml --inactive "$OFF" >/dev/null || fail "no definition of $OFF on B"
+D2=$tmp/B/state/$UUID2/vda
+if [ -s "$D2/pids.json" ]; then
+    p2=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$D2/pids.json")
+    for i in $(seq $((STANDBY * 10 + 300))); do running "$p2" "$D2" || break; sleep 0.1; done
+    running "$p2" "$D2" && fail "the offline migration's server still runs $(( $(date +%s) - t0 )) s later"
+    what="started a server, which stopped by itself after $(( $(date +%s) - t0 )) s in standby"
+else
+    what="started no server"
+fi
+vB undefine "$OFF" >/dev/null || fail "undefine $OFF on B"
+vA undefine "$OFF" >/dev/null 2>&1 || :
+pass "offline migration: the hook $what"
 
 pass "all in $(elapsed)"
