@@ -37,8 +37,6 @@ for c in libvirtd virsh qemu-system-x86_64; do
     command -v "$c" >/dev/null 2>&1 ||
         skip "libvirt not installed (apt-get install libvirt-daemon-system qemu-system-x86 to run it)"
 done
-[ -d /etc/libvirt ] ||
-    skip "libvirt not installed (apt-get install libvirt-daemon-system qemu-system-x86 to run it)"
 id libvirt-qemu >/dev/null 2>&1 && getent group kvm >/dev/null ||
     skip "no libvirt-qemu user or kvm group (Debian's libvirt-daemon-system creates them)"
 command -v unshare >/dev/null && unshare -m --propagation private true 2>/dev/null ||
@@ -97,8 +95,9 @@ daemons=()                      # host names (A B) whose libvirtd started
 
 lv_cleanup ()
 {
-    local h pid ns p f
+    local h pid ns p f t0
     for h in "${daemons[@]}"; do
+        t0=$(date +%s.%N)
         pid=$(cat "$tmp/$h/libvirtd.pid" 2>/dev/null) || continue
         if running "$pid" libvirtd; then
             for d in $(timeout 20 virsh -c "$(uri_of "$h")" list --name 2>/dev/null); do
@@ -108,7 +107,7 @@ lv_cleanup ()
         # QEMU by its pid file, then every relocation server the hook
         # started (its own attic included), then the daemon.
         for f in "$tmp/$h"/run/libvirt/qemu/*.pid; do
-            [ -s "$f" ] && kill_pid "$(cat "$f")" qemu-system
+            [ "${f##*/}" != driver.pid ] && [ -s "$f" ] && kill_pid "$(cat "$f")" qemu-system
         done
         while read -r f; do
             for p in $($PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("nbdkit") or "", d.get("keeper") or "")' "$f" 2>/dev/null); do
@@ -120,11 +119,18 @@ lv_cleanup ()
         # by this test (the namespace is its own): it goes too, so that
         # the private mounts go with the namespace.
         ns=$(cat "$tmp/$h/ns" 2>/dev/null) || continue
-        for p in /proc/[0-9]*; do
-            [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
-            echo "warning: $h: pid ${p#/proc/} still in the namespace: $(tr '\0' ' ' < "$p/cmdline")" >&2
-            kill -KILL "${p#/proc/}" 2>/dev/null || :
+        for p in $($PY -c '
+import os, sys
+for p in os.listdir("/proc"):
+    try:
+        if p.isdigit() and os.readlink("/proc/%s/ns/mnt" % p) == sys.argv[1]:
+            print(p)
+    except OSError:
+        pass' "$ns"); do
+            echo "warning: $h: pid $p still in the namespace: $(tr '\0' ' ' < "/proc/$p/cmdline")" >&2
+            kill -KILL "$p" 2>/dev/null || :
         done
+        echo "cleanup: $h stopped in $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-4) s"
     done
 }
 trap 'st=$?; lv_cleanup; (exit $st); cleanup' EXIT
@@ -165,9 +171,10 @@ setup_host ()   # NAME HOST_UUID
     chmod 0755 "$h" "$h"/{run,lib,cache,log}
     port=$(free_port); echo "$port" > "$h/port"
     mig=$(free_range); echo "$mig" > "$h/migport"
-    cp -a /etc/libvirt "$h/etc"
-    rm -rf "$h/etc/hooks" "$h"/etc/qemu/*.xml "$h"/etc/qemu/autostart \
-           "$h"/etc/qemu/networks/autostart/*
+    # A fresh /etc/libvirt: Debian's libvirtd.conf and qemu.conf set
+    # nothing (every line a comment), so these two files with only the
+    # lines below are Debian's defaults, whatever this machine's own
+    # configuration says; no domain, network or pool is defined.
     mkdir -p "$h/etc/hooks/qemu.d"
     # Installed as make install does it, with this tree's relocatectl
     # and a private hook.conf.
@@ -184,7 +191,7 @@ setup_host ()   # NAME HOST_UUID
       echo "relocatectl = $RELOCATECTL"
       echo "standby_timeout = $STANDBY"
       echo "stop_grace = 5"; } > "$h/hook.conf"
-    cat >> "$h/etc/libvirtd.conf" <<EOF
+    cat > "$h/etc/libvirtd.conf" <<EOF
 listen_tls = 0
 listen_tcp = 1
 listen_addr = "127.0.0.1"
@@ -193,7 +200,7 @@ auth_tcp = "none"
 host_uuid = "$huuid"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
-    # Debian's qemu.conf as installed (QEMU as libvirt-qemu:kvm,
+    # Debian's qemu.conf defaults (QEMU as libvirt-qemu:kvm,
     # dynamic_ownership), plus: QEMU's output to a file (no virtlogd),
     # no cgroups (both daemons would name their domain's cgroup alike),
     # and a migration port range of this host's own (migration_address
@@ -201,7 +208,7 @@ EOF
     # security_driver = "none": no AppArmor or SELinux profile written
     # outside the namespace (libvirt's DAC driver, which runs QEMU as
     # libvirt-qemu and chowns its images, stays).
-    cat >> "$h/etc/qemu.conf" <<EOF
+    cat > "$h/etc/qemu.conf" <<EOF
 security_driver = "none"
 stdio_handler = "file"
 cgroup_controllers = [ ]
