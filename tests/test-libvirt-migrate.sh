@@ -16,7 +16,9 @@
 #     server but before QEMU starts (a domain of the same name with
 #     another UUID is defined on B): the server stops by itself after
 #     the standby timeout;
-#  2. the guest writes at A, then a second migration (--persistent)
+#  1b. a migration that fails after QEMU started on B (its migration
+#     port is taken): the server stops with that QEMU;
+#  2. the guest writes at A, then a third migration (--persistent)
 #     succeeds: a fresh relocation (the first attempt's state moved
 #     aside), QEMU on B runs as libvirt-qemu and reads through the
 #     relocation socket what the guest wrote at A after the failed
@@ -334,6 +336,32 @@ grep -q "relocate-standby-timeout" "$DB/nbdkit.log" ||
     fail "nbdkit did not say why it stopped: $(tail -n 5 "$DB/nbdkit.log")"
 vB undefine "$DOM" >/dev/null || fail "undefine the blocker"
 pass "failed migration: the hook's server stopped by itself after $((t1 - t0)) s (standby_timeout $STANDBY) ($(elapsed))"
+
+# ---- 1b. a migration that fails after QEMU started on B ----
+# The migration port is taken: B's QEMU starts (and opens its disk
+# through the relocation server), then cannot listen, and is stopped:
+# libvirt's stopped/release hooks stop the server at once.
+busy=$(free_port)
+$PY -c 'import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
+time.sleep(600)' "$busy" &
+clients+=($!)
+wait_for $PY -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])))' "$busy" ||
+    fail "no listener on the busy port"
+t0=$(date +%s)
+if vA migrate --live "$DOM" "$UB" --listen-address 127.0.0.1 --migrateuri "tcp://127.0.0.1:$busy" \
+       > "$tmp/mig1b.out" 2>&1; then
+    fail "the migration succeeded on a busy port"
+fi
+t1=$(date +%s)
+[ "$(vA domstate "$DOM" 2>/dev/null)" = running ] || fail "the domain does not run on A after the second failed migration"
+[ -s "$DB/pids.json" ] || fail "the hook started no relocation server for the second attempt: $(cat "$tmp/mig1b.out")"
+p1b=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$DB/pids.json")
+for i in $(seq 100); do running "$p1b" "$DB" || break; sleep 0.1; done
+running "$p1b" "$DB" && fail "the server of the attempt whose QEMU failed still runs: $(cat "$tmp/mig1b.out")"
+grep -q "domain '$DOM' disk vda: server stopped in standby: the guest never wrote here" "$LOGB" ||
+    fail "no stop line for the attempt whose QEMU failed: $(tail -n 3 "$LOGB"; cat "$tmp/mig1b.out")"
+pass "failed migration after QEMU started on B ($(head -c 100 "$tmp/mig1b.out" | tr '\n' ' ')...): the server stopped with it, $((t1 - t0)) s ($(elapsed))"
 
 # ---- 2. the guest writes at A, then a migration that succeeds ----
 hmp A "write -P 0x22 2M 64k"
