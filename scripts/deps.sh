@@ -10,7 +10,7 @@ packages=(
 )
 # scripts/check --ci also runs cppcheck (fuzz/run installs clang itself)
 # and tests/test-libvirt-migrate.sh, a real live migration between two
-# libvirtd's (about 1 minute to install, 40 s per pass; without them,
+# libvirtd's (about 1 minute to install, 40-80 s per pass; without them,
 # and in plain scripts/check, that test is skipped).
 if [ "${1:-}" = --ci ]; then
     packages+=(cppcheck libvirt-daemon-system qemu-system-x86)
