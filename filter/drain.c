@@ -113,22 +113,19 @@ collect_listener (int fd, bool listening, struct address *a, void *opaque)
   g_array_append_val (listeners, *a);
 }
 
-/* How to shut down each client connection, and the listeners. */
-struct shut { GArray *listeners; int how; };
-
-/* Shut down (SHUT_RD or SHUT_RDWR) a connection accepted on a listener. */
+/* Shut down a connection accepted on one of the listeners. */
 static void
 shut_client (int fd, bool listening, struct address *a, void *opaque)
 {
-  struct shut *sh = opaque;
+  GArray *listeners = opaque;
   guint i;
 
   if (listening)
     return;
-  for (i = 0; i < sh->listeners->len; ++i) {
-    struct address *l = &g_array_index (sh->listeners, struct address, i);
+  for (i = 0; i < listeners->len; ++i) {
+    struct address *l = &g_array_index (listeners, struct address, i);
     if (same_address (&l->ss, l->len, &a->ss, a->len)) {
-      shutdown (fd, sh->how);
+      shutdown (fd, SHUT_RDWR);
       return;
     }
   }
@@ -141,22 +138,16 @@ drain (void)
   g_autoptr (GArray) listeners = g_array_new (false, false,
                                               sizeof (struct address));
   double deadline = state_now () + DRAIN_SECONDS;
-  struct shut sh = { .listeners = listeners, .how = SHUT_RD };
   LOCK_FOR_SCOPE (&lock);
 
   draining = true;
   for_each_socket (collect_listener, listeners);
   if (listeners->len > 0) {
-    nbdkit_debug ("relocate: stopping: letting %u clients finish", clients);
-    for_each_socket (shut_client, &sh);
+    nbdkit_debug ("relocate: stopping: closing %u clients; their requests "
+                  "in flight finish unanswered", clients);
+    for_each_socket (shut_client, listeners);
     while (clients > 0 && state_now () < deadline)
       cond_wait_until (&gone, &lock, deadline);
-    if (clients > 0) {
-      nbdkit_debug ("relocate: stopping: closing %u clients without a reply",
-                    clients);
-      sh.how = SHUT_RDWR;
-      for_each_socket (shut_client, &sh);
-    }
   }
   pthread_mutex_unlock (&lock);
   if (give_up_fn)

@@ -1,16 +1,18 @@
 /* nbdkit-relocate: a stop that clients do not notice.
  *
- * nbdkit answers every request it reads after SIGTERM with ESHUTDOWN,
- * which a guest sees as an I/O error, and it waits for idle clients
- * before it exits.  So the filter takes SIGTERM and SIGINT itself: it
- * stops nbdkit reading requests (shutdown (SHUT_RD) of each client's
- * socket) and lets the requests in flight finish and be answered.
- * Those still running after DRAIN_SECONDS (a source that does not
- * answer) are given up: their connections are shut down entirely, so
- * that no reply, not even an error, can reach the client, and the
- * give_up function passed to drain_start makes them return.  Then
- * nbdkit is asked to exit.  A client that reconnects resends whatever
- * got no reply; nothing it was told succeeded is lost.
+ * nbdkit 1.32 answers every request it reads after SIGTERM with
+ * ESHUTDOWN, which a guest sees as an I/O error; and once one of its
+ * threads sees a client's input end, another that has just read a
+ * request answers it with ESHUTDOWN too.  So the filter takes SIGTERM
+ * and SIGINT itself and shuts every client's socket down, both ways:
+ * nothing more is read, and no reply, not even an error, can reach the
+ * client.  The requests already in the filter finish (a write lands in
+ * the local file), unanswered; a client that reconnects, like QEMU
+ * with reconnect-delay, resends them, which is harmless.  New
+ * connections are refused.  After the clients have gone, or
+ * DRAIN_SECONDS, requests still waiting for the source are given up
+ * (the give_up function passed to drain_start) and nbdkit is asked to
+ * exit.
  *
  * With relocate-standby-timeout, the same stop happens by itself when
  * the relocation is still in standby and no client has been connected
