@@ -73,6 +73,7 @@ ref_parse (const char *line, struct control_cmd *cmd)
     [CMD_STATUS] = "status", [CMD_START] = "start", [CMD_PAUSE] = "pause",
     [CMD_RESUME] = "resume", [CMD_RATE] = "rate",
     [CMD_RECONNECT] = "reconnect",
+    [CMD_RETRY] = "retry",
   };
   char words[3][CONTROL_MAX_LINE + 1];
   size_t len = strlen (line), i, n = 0, w;
@@ -217,7 +218,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   CHECK (r == 0 || r == -1);
   CHECK (r == ref_parse (line, &ref));
   if (r == 0) {
-    CHECK (cmd.verb >= CMD_STATUS && cmd.verb <= CMD_RECONNECT);
+    CHECK (cmd.verb >= CMD_STATUS && cmd.verb <= CMD_RETRY);
     CHECK (cmd.verb == ref.verb);
     if (cmd.verb == CMD_RATE)
       CHECK (cmd.rate == ref.rate);
