@@ -5,7 +5,7 @@
 # in flight are answered before nbdkit exits, or the connection closes
 # without a reply so that the client resends them: the client must
 # never get an error reply, and every acknowledged write and zero must
-# read back.  nbdkit must exit within 5 seconds of each SIGTERM.
+# read back.  nbdkit must exit within 30 seconds of each SIGTERM.
 #
 # SIGTERM_ROUNDS (default 6) and SIGTERM_SEED set the amount;
 # SIGTERM_PLAIN=1 runs the same against plain `nbdkit file`, which
@@ -47,12 +47,14 @@ for i in $(seq "$rounds"); do
     acked=$(client_field "$tmp/client" acked)
     pid=$(cat "$tmp/dst.pid")
     kill -TERM "$pid"
-    # The stop takes under 2 s (drain.c); 5 s leaves room for a loaded
-    # machine.
-    for t in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # The stop takes well under 2 s (drain.c) on a plain build; the
+    # issue's bound is relocate-timeout + 2 s (62 s here).  30 s leaves
+    # room for a sanitizer build on a loaded machine.  (test-partition
+    # asserts under 5 s with the source hung.)
+    for t in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
         kill -KILL "$pid"
-        fail "round $i: nbdkit did not exit within 5 s of SIGTERM"
+        fail "round $i: nbdkit did not exit within 30 s of SIGTERM"
     fi
     rm -f "$tmp/dst.pid"
     echo "SIGTERM $i: after $acked acknowledged requests, exited within $(( t * 100 )) ms;" \
