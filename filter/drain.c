@@ -138,31 +138,22 @@ drain (void)
   g_autoptr (GArray) listeners = g_array_new (false, false,
                                               sizeof (struct address));
   double deadline = state_now () + DRAIN_SECONDS;
-  struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
-  char c;
+  LOCK_FOR_SCOPE (&lock);
 
-  pthread_mutex_lock (&lock);
   draining = true;
-  pthread_mutex_unlock (&lock);
   for_each_socket (collect_listener, listeners);
   if (listeners->len > 0) {
-    LOCK_FOR_SCOPE (&lock);
     nbdkit_debug ("relocate: stopping: closing %u clients; their requests "
                   "in flight finish unanswered", clients);
     for_each_socket (shut_client, listeners);
     while (clients > 0 && state_now () < deadline)
       cond_wait_until (&gone, &lock, deadline);
   }
+  pthread_mutex_unlock (&lock);
   if (give_up_fn)
     give_up_fn ();
+  pthread_mutex_lock (&lock);
   nbdkit_shutdown ();
-  /* nbdkit waits for every connection, a handshake too: close those
-   * that a reconnecting client opens meanwhile, until .cleanup
-   * (drain_stop) says we are done.
-   */
-  while (listeners->len > 0 &&
-         !(poll (&p, 1, 100) == 1 && read (pipefd[0], &c, 1) == 1))
-    for_each_socket (shut_client, listeners);
 }
 
 /* relocate-standby-timeout: still in standby with no client for that
