@@ -23,7 +23,7 @@
 #include "upstream.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t kick = PTHREAD_COND_INITIALIZER; /* made monotonic */
+static pthread_cond_t kick = PTHREAD_COND_INITIALIZER;
 static bool stopping;
 static uint64_t cursor;             /* where the next claim starts */
 static uint64_t last_hint;          /* last demand hint acted on */
@@ -75,7 +75,16 @@ copying (void)
 static void
 wait_kick (unsigned ms)
 {
-  cond_wait_until (&kick, &lock, state_now () + ms / 1000.0);
+  struct timespec ts;
+
+  clock_gettime (CLOCK_REALTIME, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_cond_timedwait (&kick, &lock, &ts);
 }
 
 /* Claim the next run: after the guest's last demand fetch if it moved,
@@ -374,7 +383,6 @@ bgcopy_start_threads (void)
   unsigned i;
   int e;
 
-  cond_init_monotonic (&kick);   /* before any thread waits on it */
   e = pthread_create (&coordinator_thread, NULL, coordinator, NULL);
   if (e)
     goto err;

@@ -16,7 +16,6 @@
 
 #include "bitmap.h"
 #include "blk.h"
-#include "lock.h"
 #include "params.h"
 #include "state.h"
 #include "upstream.h"
@@ -33,7 +32,7 @@ static int direct_fd = -1;              /* the same, O_DIRECT, or -1 */
  * whenever a block leaves the busy state.
  */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t changed = PTHREAD_COND_INITIALIZER; /* made monotonic */
+static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 static uint64_t *busy;                  /* one bit per block */
 
 /* Blocks the source rejects every time it is asked (a bad block):
@@ -110,9 +109,19 @@ set_failed (uint64_t b, bool on)
 static bool
 wait_changed (double deadline)
 {
-  if (state_now () >= deadline)
+  double left = deadline - state_now ();
+  struct timespec ts;
+
+  if (left <= 0)
     return false;
-  cond_wait_until (&changed, &lock, deadline);
+  clock_gettime (CLOCK_REALTIME, &ts);
+  ts.tv_sec += (time_t) left;
+  ts.tv_nsec += (long) ((left - (time_t) left) * 1e9);
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_cond_timedwait (&changed, &lock, &ts);
   return true;
 }
 
@@ -272,7 +281,6 @@ blk_open (uint64_t new_size)
     return -1;
   }
   all_present = bitmap_count () == blk_nblocks;
-  cond_init_monotonic (&changed);  /* before any thread waits on it */
   busy = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
   failed = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
   if (busy == NULL || failed == NULL) {
