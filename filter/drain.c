@@ -29,11 +29,13 @@ static pthread_t thread;
 static bool running;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gone;          /* CLOCK_MONOTONIC */                   /* clients reached 0 */
+static pthread_cond_t gone;          /* clients reached 0 (CLOCK_MONOTONIC) */
 static unsigned clients;
 static double last_left;             /* when the last client left */
 static bool draining;
 static void (*give_up_fn) (void);
+static struct sigaction old_term, old_int;   /* nbdkit's own handlers */
+static bool handlers_set;
 
 static void
 on_signal (int sig)
@@ -217,17 +219,28 @@ drain_start (void (*give_up) (void))
   last_left = state_now ();
   sigemptyset (&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  if (sigaction (SIGTERM, &sa, NULL) == -1 ||
-      sigaction (SIGINT, &sa, NULL) == -1) {
+  if (sigaction (SIGTERM, &sa, &old_term) == -1 ||
+      sigaction (SIGINT, &sa, &old_int) == -1) {
     nbdkit_error ("relocate: sigaction: %m");
     return -1;
   }
+  handlers_set = true;
   return 0;
 }
 
 void
 drain_stop (void)
 {
+  /* Give SIGTERM and SIGINT back to nbdkit before this module can be
+   * unloaded: a signal that came after that would otherwise jump into
+   * unmapped code (or, with the module kept, be written to a pipe that
+   * nobody reads and be lost).
+   */
+  if (handlers_set) {
+    sigaction (SIGTERM, &old_term, NULL);
+    sigaction (SIGINT, &old_int, NULL);
+    handlers_set = false;
+  }
   if (running) {
     if (write (pipefd[1], "Q", 1)) {}
     pthread_join (thread, NULL);

@@ -31,7 +31,8 @@
 /* Take over SIGTERM and SIGINT (in .after_fork). */
 int drain_start (void (*give_up) (void));
 
-/* Stop the drain thread (in .cleanup). */
+/* Give SIGTERM and SIGINT back to nbdkit; stop the drain thread (in
+ * .cleanup). */
 void drain_stop (void);
 
 /* A client connection opens (false: refuse it, we are stopping). */
