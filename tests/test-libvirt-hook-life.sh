@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The libvirt hook over a domain's life, called as libvirt calls it:
-# only safe start modes; a fresh relocation for every migration in
-# (A->B, back to A, a failed attempt, A->B again ends byte-exact on B);
-# one log line per disk per stop; a start that would roll back a
-# relocated disk is refused; a hung source and a server no QEMU came
-# to leave no process behind; image ownership without dynamic_ownership.
+# The libvirt hook over a domain's life, called as libvirt calls it
+# (an incoming migration: migrate begin, then prepare begin with the
+# XML it printed): only safe start modes; a fresh relocation for every
+# migration in (A->B, back to A, a failed attempt, A->B again ends
+# byte-exact on B); one log line per disk per stop; a start that would
+# roll back a relocated disk is refused; a hung source and a server no
+# QEMU came to leave no process behind; image ownership without
+# dynamic_ownership.  Then with serve = tcp: onward moves A->B->C (B's
+# server serves C's relocation after the domain left B, and stops once
+# C is done), a stale copy is never started, and an offline migration
+# starts nothing.
 source "$(dirname "$0")/functions.sh"
 HOOK=$srcdir/scripts/nbdkit-relocate-hook
 SAMPLES=$srcdir/tests/hook
@@ -35,6 +40,7 @@ conf () {   # conf FILE [KEY = VALUE lines]: a hook.conf
       echo "relocatectl = $RELOCATECTL"
       echo "qemu_conf = $tmp/qemu.conf"
       echo "stop_grace = 3"
+      echo "serve = unix"
       printf '%s\n' "$@"; } > "$f"
 }
 conf "$tmp/hook.conf"
@@ -45,6 +51,12 @@ D=$tmp/root/$UUID/vda
 
 sed "s/@NAME@/vm1/; s/@PORT1@/$pa/" "$SAMPLES/one-disk.xml" > "$tmp/vm1.xml"
 hook () { "$HOOK" vm1 "$@" - < "$tmp/vm1.xml"; }
+# migrate_in DOMAIN IN.xml OUT.xml: an incoming migration's two hooks.
+migrate_in ()
+{
+    "$HOOK" "$1" migrate begin - < "$2" > "$3" || return 1
+    "$HOOK" "$1" prepare begin - < "$3"
+}
 sock_of () { $PY -c 'import sys,xml.etree.ElementTree as E; print(E.parse(sys.argv[1]).getroot().find(".//source/host").get("socket") or "")' "$1"; }
 # running PID: alive and not a zombie (a keeper whose parent, the hook,
 # has exited is reaped by init, which in a container may never do it).
@@ -67,7 +79,7 @@ pass "start = immediate (also through extra_args) refused, logged, nothing start
 
 # ---- A -> B: the guest writes here, the copy completes ----
 cp "$tmp/a.img" "$tmp/guest.img"            # what the guest's disk holds
-hook migrate begin > "$tmp/out.xml" || fail "migrate begin failed"
+migrate_in vm1 "$tmp/vm1.xml" "$tmp/out.xml" || fail "migrate begin + prepare failed"
 S=$(sock_of "$tmp/out.xml")
 [ "$S" = "$D/nbd.sock" ] || fail "not rewritten: '$S'"
 $NBDIO writes "nbd+unix:///?socket=$S" "$tmp/guest.img" 1 50 || fail "guest writes on B"
@@ -92,18 +104,16 @@ pass "a start on the old definition after the relocation is refused, saying what
 cp "$tmp/guest.img" "$tmp/a.img"
 $NBDIO writes "$A" "$tmp/guest.img" 2 50 || fail "guest writes on A"
 
-# ---- a failed attempt A -> B (no QEMU ever comes, no stop event) ----
+# ---- a failed attempt A -> B (it fails before QEMU: no prepare, no
+# stop event) ----
 hook migrate begin > "$tmp/out.xml" || fail "migrate begin (failed attempt)"
-pid2=$(nbdkit_pid "$D")
 [ -n "$(ls "$tmp/root/$UUID/attic")" ] || fail "the first stay was not moved aside"
-$NBDIO compare "nbd+unix:///?socket=$D/nbd.sock" "$tmp/guest.img" ||
-    fail "the failed attempt serves stale data"
-hook prepare begin 2>/dev/null || fail "a standby relocation blocked a start"
+[ ! -e "$D/pids.json" ] || fail "migrate begin started a server before QEMU came"
+hook prepare begin 2>/dev/null || fail "a planned relocation blocked a start at A's definition"
 $NBDIO writes "$A" "$tmp/guest.img" 3 50 || fail "guest writes on A"
 
 # ---- A -> B again ----
-hook migrate begin > "$tmp/out.xml" || fail "migrate begin (second)"
-! kill -0 "$pid2" 2>/dev/null || fail "the failed attempt's server still runs"
+migrate_in vm1 "$tmp/vm1.xml" "$tmp/out.xml" || fail "migrate begin + prepare (second)"
 [ "$(ls "$tmp/root/$UUID/attic" | wc -l)" -eq 2 ] || fail "attic: $(ls "$tmp/root/$UUID/attic")"
 grep -q "disk vda: relocating $A to $D/disk.img .*; the previous state was moved to $tmp/root/$UUID/attic/" "$LOG" ||
     fail "the move aside is not logged"
@@ -127,21 +137,24 @@ while True:
 clients+=($!)
 sed "s/@NAME@/vm2/; s/@PORT1@/$hung/; s/-2d7d1c1e0001/-2d7d1c1e0002/" "$SAMPLES/one-disk.xml" > "$tmp/vm2.xml"
 conf "$tmp/hung.conf" "start_timeout = 4"
-NBDKIT_RELOCATE_HOOK_CONF=$tmp/hung.conf "$HOOK" vm2 migrate begin - < "$tmp/vm2.xml" > "$tmp/out2.xml" ||
-    fail "hook failed on a hung source"
-[ -z "$(sock_of "$tmp/out2.xml")" ] || fail "rewritten to a server that never served"
+export NBDKIT_RELOCATE_HOOK_CONF=$tmp/hung.conf
+if migrate_in vm2 "$tmp/vm2.xml" "$tmp/out2.xml"; then
+    fail "the domain was let start on a server that never served"
+fi
+export NBDKIT_RELOCATE_HOOK_CONF=$tmp/hook.conf
 D2=$tmp/root/6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0002/vda
 p=$(nbdkit_pid "$D2")
 ! kill -0 "$p" 2>/dev/null || fail "nbdkit $p outlives the failed start"
-grep -q "domain 'vm2' disk vda: relocation server did not start; left alone" "$LOG" || fail "not logged"
-pass "a hung source: nbdkit itself is killed by pid, the disk left alone"
+grep -q "domain 'vm2' disk vda: start refused: its relocation server (from nbd://127.0.0.1:$hung/disk1) did not serve within start_timeout" "$LOG" ||
+    fail "not logged: $(grep vm2 "$LOG")"
+pass "a hung source: the start (the migration) is refused, nbdkit itself killed by pid"
 
 # ---- no QEMU ever comes: the server stops by itself ----
 conf "$tmp/standby.conf" "standby_timeout = 3"
 sed "s/@NAME@/vm3/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0003/" "$SAMPLES/one-disk.xml" > "$tmp/vm3.xml"
 D3=$tmp/root/6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0003/vda
-NBDKIT_RELOCATE_HOOK_CONF=$tmp/standby.conf "$HOOK" vm3 migrate begin - < "$tmp/vm3.xml" > /dev/null ||
-    fail "migrate begin (vm3)"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/standby.conf migrate_in vm3 "$tmp/vm3.xml" "$tmp/out3.xml" ||
+    fail "migrate begin + prepare (vm3)"
 p=$(nbdkit_pid "$D3")
 # A connected client (QEMU) keeps it.
 $PY -c 'import nbd, sys, time; h = nbd.NBD(); h.connect_uri(sys.argv[1]); time.sleep(9)' \
@@ -155,7 +168,7 @@ wait_for bash -c "! kill -0 $p 2>/dev/null" || fail "the idle standby server sti
 wait_for grep -q "domain 'vm3' disk vda: no client came in 3 s of standby" "$LOG" ||
     fail "not logged: $(grep vm3 "$LOG")"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/standby.conf "$HOOK" vm3 release end - < "$tmp/vm3.xml"
-[ "$(grep -c "domain 'vm3' disk vda:" "$LOG")" -eq 2 ] || fail "vm3: $(grep "vm3" "$LOG")"
+[ "$(grep -c "domain 'vm3' disk vda:" "$LOG")" -eq 3 ] || fail "vm3: $(grep "vm3" "$LOG")"
 pass "a standby server with no client stops after standby_timeout; with a client it stays"
 
 # ---- a filter with relocate-standby-timeout gets it ----
@@ -175,8 +188,8 @@ EOF
 chmod +x "$tmp/bin/nbdkit-st"
 conf "$tmp/st.conf" "nbdkit = $tmp/bin/nbdkit-st" "standby_timeout = 7"
 sed "s/@NAME@/vm4/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0004/" "$SAMPLES/one-disk.xml" > "$tmp/vm4.xml"
-NBDKIT_RELOCATE_HOOK_CONF=$tmp/st.conf "$HOOK" vm4 migrate begin - < "$tmp/vm4.xml" > /dev/null ||
-    fail "migrate begin (vm4)"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/st.conf migrate_in vm4 "$tmp/vm4.xml" "$tmp/out4.xml" ||
+    fail "migrate begin + prepare (vm4)"
 grep -qx "relocate-standby-timeout=7" "$tmp/st-args" || fail "not passed: $(cat "$tmp/st-args" 2>&1)"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/st.conf "$HOOK" vm4 release end - < "$tmp/vm4.xml"
 pass "relocate-standby-timeout is passed when the filter has it"
@@ -184,7 +197,7 @@ pass "relocate-standby-timeout is passed when the filter has it"
 # ---- dynamic_ownership = 0: the image is QEMU's user's ----
 printf 'user = "nobody"\ngroup = "nogroup"\ndynamic_ownership = 0\n' > "$tmp/qemu.conf"
 sed "s/@NAME@/vm5/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0005/" "$SAMPLES/one-disk.xml" > "$tmp/vm5.xml"
-"$HOOK" vm5 migrate begin - < "$tmp/vm5.xml" > /dev/null || fail "migrate begin (vm5)"
+migrate_in vm5 "$tmp/vm5.xml" "$tmp/out5.xml" || fail "migrate begin + prepare (vm5)"
 D5=$tmp/root/6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0005/vda
 [ "$(stat -c %U:%G:%a "$D5/disk.img")" = nobody:nogroup:660 ] ||
     fail "disk.img: $(stat -c %U:%G:%a "$D5/disk.img")"
@@ -197,8 +210,81 @@ grep -q "not relocated: QEMU's user 'no-such-user' (from $tmp/qemu.conf) does no
     fail "unknown user not logged"
 pass "dynamic_ownership = 0: the image is QEMU's user's; an unknown user is refused"
 
+# ---- serve = tcp: onward moves A -> B -> C ----
+# Two more hosts, B and C, each with a state root and a serve_name of
+# its own (both names are this machine: localhost and 127.0.0.1; the
+# sample's source, A, is 127.0.0.1 too, which is C's own name: C's
+# XML will name B).
+printf 'user = "nobody"\ngroup = "nogroup"\n' > "$tmp/qemu.conf"
+pr=$($PY -c 'import random; print(random.randrange(20000, 60000, 100))')
+tconf () {  # tconf FILE ROOT SERVE_NAME PORT0 [KEY = VALUE lines]
+    local f=$1 r=$2 n=$3 p0=$4; shift 4
+    conf "$f" "state_root = $r" "serve = tcp" "serve_name = $n" \
+        "listen = 127.0.0.1" "ports = $p0-$((p0 + 19))" "onward_grace = 2" "$@"
+}
+tconf "$tmp/b.conf" "$tmp/rootB" localhost "$pr"
+tconf "$tmp/c.conf" "$tmp/rootC" 127.0.0.1 $((pr + 50))
+host_of () { $PY -c 'import sys,xml.etree.ElementTree as E; h=E.parse(sys.argv[1]).getroot().find(".//source/host"); print("%s:%s" % (h.get("name"), h.get("port")))' "$1"; }
+sed "s/@NAME@/vm7/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0007/" "$SAMPLES/one-disk.xml" > "$tmp/vm7.xml"
+U7=6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0007
+DB=$tmp/rootB/$U7/vda DC=$tmp/rootC/$U7/vda
+cp "$tmp/a.img" "$tmp/guest7.img"
+
+# An offline migration into B: planned, nothing started.
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 migrate begin - < "$tmp/vm7.xml" > "$tmp/b7.xml" ||
+    fail "migrate begin (offline, B)"
+[ ! -e "$DB/pids.json" ] && [ -s "$DB/relocation.json" ] ||
+    fail "an offline migration started a server (or planned nothing)"
+pass "an offline migration (no prepare) starts nothing"
+
+# A -> B, live: the XML names B's server by name and port.
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf migrate_in vm7 "$tmp/vm7.xml" "$tmp/b7.xml" ||
+    fail "A -> B (serve = tcp)"
+hb=$(host_of "$tmp/b7.xml")
+[[ $hb == localhost:* ]] || fail "B's XML names $hb"
+$NBDIO writes "nbd://$hb/disk1" "$tmp/guest7.img" 7 40 || fail "guest writes on B"
+# B -> C, live, before B's relocation is complete: C relocates from B.
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf migrate_in vm7 "$tmp/b7.xml" "$tmp/c7.xml" ||
+    fail "B -> C"
+hc=$(host_of "$tmp/c7.xml")
+[[ $hc == 127.0.0.1:* ]] || fail "C's XML names $hc"
+grep -q "domain 'vm7' disk vda: relocating nbd://$hb/disk1 to $DC/disk.img" "$tmp/rootC/hook.log" ||
+    fail "C does not relocate from B: $(cat "$tmp/rootC/hook.log")"
+pb=$(nbdkit_pid "$DB")
+# The domain leaves B: B's server keeps serving C's relocation.
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 stopped end - < "$tmp/b7.xml" || fail "stopped end (B)"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 release end - < "$tmp/b7.xml" || fail "release end (B)"
+sleep 3
+running "$pb" || fail "B's server stopped while C still relocates from it"
+grep -q "domain 'vm7' disk vda: the domain left this host and [0-9]* client(s) still read from its server" "$tmp/rootB/hook.log" ||
+    fail "no hand-over line: $(cat "$tmp/rootB/hook.log")"
+$NBDIO writes "nbd://$hc/disk1" "$tmp/guest7.img" 8 40 || fail "guest writes on C"
+"$RELOCATECTL" wait --timeout 60 "$DC/control.sock" || fail "C's relocation did not complete"
+# C is done and no longer reads from B: B's server stops by itself.
+wait_for bash -c "! kill -0 $pb 2>/dev/null" || fail "B's server still runs after C completed"
+wait_for grep -q "domain 'vm7' disk vda: no host has read from this server for 2 s since the domain left: server stopped" "$tmp/rootB/hook.log" ||
+    fail "no stop line on B: $(tail -n 3 "$tmp/rootB/hook.log")"
+$NBDIO compare "nbd://$hc/disk1" "$tmp/guest7.img" || fail "C serves other data than the guest wrote"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 release end - < "$tmp/c7.xml" || fail "release end (C)"
+cmp "$DC/disk.img" "$tmp/guest7.img" || fail "A->B->C: the file on C differs"
+pass "A -> B -> C with serve = tcp: B serves C's relocation after the domain left, stops once C is complete; byte-exact on C"
+
+# B's copy is stale now: a start of the domain on B's XML is refused.
+if NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 prepare begin - < "$tmp/b7.xml" 2>/dev/null; then
+    fail "a stale copy was started on B"
+fi
+grep -q "domain 'vm7' disk vda: start refused: the domain moved on from this host" "$tmp/rootB/hook.log" ||
+    fail "no refusal line on B: $(tail -n 2 "$tmp/rootB/hook.log")"
+[ ! -e "$DB/pids.json" ] || ! running "$(nbdkit_pid "$DB")" || fail "a server runs on B's stale copy"
+# C's XML names C's own server: a restart there resumes the relocation.
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 prepare begin - < "$tmp/c7.xml" ||
+    fail "a start on C's definition was refused"
+$NBDIO compare "nbd://$hc/disk1" "$tmp/guest7.img" || fail "the restarted server on C serves other data"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 release end - < "$tmp/c7.xml" || fail "release end (C, again)"
+pass "B's stale copy is refused; C's definition restarts C's server over its files"
+
 # Nothing of ours still runs.
-for f in "$tmp"/root/*/vda/pids.json "$tmp"/root/*/attic/*/pids.json; do
+for f in "$tmp"/root*/*/vda/pids.json "$tmp"/root*/*/attic/*/pids.json; do
     for p in $($PY -c 'import json,sys; print(*json.load(open(sys.argv[1])).values())' "$f"); do
         ! running "$p" || fail "$p ($f) still runs"
     done

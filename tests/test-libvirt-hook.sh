@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The libvirt hook, called exactly as libvirt calls it (domain XML on
-# stdin): NBD disks are rewritten to a local relocation server that
-# serves the source's data, other disks are left alone, hostile names
-# do not break it, and release stops the servers.
+# stdin; migrate begin, then prepare begin with the XML it printed):
+# NBD disks are rewritten to a local relocation server (serve = unix
+# here; test-libvirt-hook-life covers serve = tcp) that serves the
+# source's data, other disks are left alone, hostile names do not break
+# it, and release stops the servers.
 source "$(dirname "$0")/functions.sh"
 HOOK=$srcdir/scripts/nbdkit-relocate-hook
 SAMPLES=$srcdir/tests/hook
@@ -38,6 +40,7 @@ nbdkit = $tmp/bin/nbdkit
 filter = $FILTER
 relocatectl = $RELOCATECTL
 qemu_conf = $tmp/qemu.conf
+serve = unix
 CONF
 export NBDKIT_RELOCATE_HOOK_CONF=$tmp/hook.conf
 
@@ -60,9 +63,25 @@ PYEOF
     $NBDIO compare "nbd+unix:///?socket=$sock" "$3" || fail "$2 does not serve its source"
 }
 
+# hook.conf.example names every key the hook knows, with its default.
+$PY - "$HOOK" "$srcdir/scripts/hook.conf.example" <<'PYEOF' || fail "hook.conf.example and the hook's defaults differ"
+import configparser, importlib.machinery, importlib.util, sys
+sys.dont_write_bytecode = True
+loader = importlib.machinery.SourceFileLoader("hook", sys.argv[1])
+spec = importlib.util.spec_from_loader("hook", loader)
+hook = importlib.util.module_from_spec(spec)
+loader.exec_module(hook)
+cp = configparser.ConfigParser(interpolation=None)
+cp.read(sys.argv[2])
+example = dict(cp["hook"])
+assert example == hook.DEFAULTS, (set(example.items()) ^ set(hook.DEFAULTS.items()))
+PYEOF
+pass "hook.conf.example lists every key with the hook's default"
+
 # One disk, a plain name.
 sed "s/@NAME@/db-01/; s/@PORT1@/$p1/" "$SAMPLES/one-disk.xml" > "$tmp/one.xml"
 "$HOOK" db-01 migrate begin - < "$tmp/one.xml" > "$tmp/one.out" || fail "hook failed"
+"$HOOK" db-01 prepare begin - < "$tmp/one.out" || fail "prepare begin failed"
 check_rewritten "$tmp/one.out" vda "$tmp/d1.img"
 pass "one NBD disk rewritten and served"
 
@@ -94,6 +113,7 @@ pass "the socket is QEMU's user's (qemu.conf), the rest root's"
 # Two NBD disks, a file disk and an HTTP cdrom.
 sed "s/@PORT1@/$p1/; s/@PORT2@/$p2/" "$SAMPLES/two-disks.xml" > "$tmp/two.xml"
 "$HOOK" web-01 migrate begin - < "$tmp/two.xml" > "$tmp/two.out" || fail "hook failed"
+"$HOOK" web-01 prepare begin - < "$tmp/two.out" || fail "prepare begin failed"
 check_rewritten "$tmp/two.out" vda "$tmp/d1.img"
 check_rewritten "$tmp/two.out" vdb "$tmp/d2.img"
 $PY - "$tmp/two.xml" "$tmp/two.out" <<'PYEOF' || fail "other disks were changed"
@@ -117,17 +137,20 @@ t = t.replace("@PORT1@", sys.argv[3]).replace("6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0
 print(t.replace("<target dev='vda'", "<target dev='vda'") + "")
 PYEOF
 "$HOOK" "$evil" migrate begin - < "$tmp/evil.xml" > "$tmp/evil.out" || fail "hook failed on a hostile name"
+"$HOOK" "$evil" prepare begin - < "$tmp/evil.out" || fail "prepare begin failed on a hostile name"
 check_rewritten "$tmp/evil.out" vda "$tmp/d1.img"
 [ ! -e "$tmp/pwned" ] || fail "the domain name was evaluated by a shell"
 sed "s/dev='vda'/dev='vd\$(touch $(echo "$tmp" | sed 's/\//\\\//g')\/pwned2)'/" "$tmp/evil.xml" > "$tmp/evil2.xml"
 "$HOOK" "$evil" migrate begin - < "$tmp/evil2.xml" > "$tmp/evil2.out" || fail "hook failed on a hostile dev"
+"$HOOK" "$evil" prepare begin - < "$tmp/evil2.out" || fail "prepare begin failed on a hostile dev"
 cmp -s <($PY -c 'import sys,xml.etree.ElementTree as E; print(E.tostring(E.parse(sys.argv[1]).getroot()))' "$tmp/evil2.xml") \
        <($PY -c 'import sys,xml.etree.ElementTree as E; print(E.tostring(E.parse(sys.argv[1]).getroot()))' "$tmp/evil2.out") ||
     fail "a disk with a hostile target dev was changed"
 [ ! -e "$tmp/pwned" ] && [ ! -e "$tmp/pwned2" ] || fail "a value was evaluated by a shell"
 pass "hostile domain name and target dev: no shell evaluation"
 
-# Operations the hook does not handle print nothing and succeed.
+# prepare prints nothing; a definition that does not name the server
+# of a relocation that serves is not its to judge.
 out=$("$HOOK" db-01 prepare begin - < "$tmp/one.xml") || fail "prepare failed"
 [ -z "$out" ] || fail "prepare printed XML"
 

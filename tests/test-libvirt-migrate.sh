@@ -5,30 +5,35 @@
 # (unshare -m --propagation private) with private bind mounts over /run,
 # /etc/libvirt (the hook installed in hooks/qemu.d), /var/lib/libvirt,
 # /var/cache/libvirt, /var/log/libvirt and /etc/hosts ("relocate-oldhost"
-# is 127.0.0.1, the old host's NBD export: a plain nbdkit file); the
-# hook's configuration and state root are private directories too.
-# Nothing is installed or changed in the machine's own /etc/libvirt.
+# is 127.0.0.1, the old host's NBD export: a plain nbdkit file;
+# "relocate-hosta" and "relocate-hostb" are 127.0.0.1 too, the names
+# under which each host serves its relocations: serve = tcp, the
+# default, with ports of its own); the hook's configuration and state
+# root are private directories too.  Nothing is installed or changed
+# in the machine's own /etc/libvirt.
 #
 # No guest OS: TCG, and a disk with nothing bootable, so the guest sits
 # in the firmware; its I/O is HMP qemu-io on the virtio drive.
 #
-#  1. a migration that fails after the hook started the relocation
-#     server but before QEMU starts (a domain of the same name with
-#     another UUID is defined on B): the server stops by itself after
-#     the standby timeout;
+#  1. a migration that fails after migrate begin but before QEMU starts
+#     (a domain of the same name with another UUID is defined on B):
+#     the hook planned a relocation and started nothing;
 #  1b. a migration that fails after QEMU started on B (its migration
 #     port is taken): the server stops with that QEMU;
 #  2. the guest writes at A, then a third migration (--persistent)
 #     succeeds: a fresh relocation (the first attempt's state moved
-#     aside), QEMU on B runs as libvirt-qemu and reads through the
-#     relocation socket what the guest wrote at A after the failed
-#     attempt; writes on B; the relocation completes; destroy stops the
-#     server; the raw file is byte-exact, and the old host's image was
-#     not written by B;
+#     aside), QEMU on B runs as libvirt-qemu and reads through B's
+#     relocation server what the guest wrote at A after the failed
+#     attempt; writes on B; the relocation completes;
+#  2b. onward: B -> A (A relocates from B's server, which keeps serving
+#     after the domain left B and stops once A is complete), the guest
+#     writes at A, then A -> B again (a fresh relocation from A's
+#     server); destroy stops the server; B's raw file is byte-exact with
+#     every write the guest made on A, B, A and B, and the old host's
+#     image was not written after the guest left it;
 #  3. the persistent definition B kept names the old host: starting it
 #     is refused with a message that says what to do;
-#  4. an offline migration (--offline --persistent) leaves nothing
-#     running on B (a server it started stops by itself in standby).
+#  4. an offline migration (--offline --persistent) starts nothing.
 #
 # Skipped (exit 77) when libvirt/QEMU are not installed, when not root,
 # or when mount namespaces cannot be made.
@@ -168,7 +173,8 @@ STANDBY=6
 
 setup_host ()   # NAME HOST_UUID
 {
-    local n=$1 huuid=$2 h=$tmp/$1 port mig
+    local n=$1 huuid=$2 h=$tmp/$1 port mig serve
+    serve=$(free_range)
     mkdir -p "$h"/{run,lib,cache,log,state}
     chmod 0755 "$h" "$h"/{run,lib,cache,log}
     port=$(free_port); echo "$port" > "$h/port"
@@ -192,7 +198,11 @@ setup_host ()   # NAME HOST_UUID
       echo "filter = $FILTER"
       echo "relocatectl = $RELOCATECTL"
       echo "standby_timeout = $STANDBY"
-      echo "stop_grace = 5"; } > "$h/hook.conf"
+      echo "stop_grace = 5"
+      echo "serve_name = relocate-host${n,,}"
+      echo "listen = 127.0.0.1"
+      echo "ports = $serve-$((serve + 3))"
+      echo "onward_grace = 3"; } > "$h/hook.conf"
     cat > "$h/etc/libvirtd.conf" <<EOF
 listen_tls = 0
 listen_tcp = 1
@@ -217,7 +227,7 @@ cgroup_controllers = [ ]
 migration_port_min = $mig
 migration_port_max = $((mig + 3))
 EOF
-    { cat /etc/hosts; echo "127.0.0.1 relocate-oldhost"; } > "$h/hosts"
+    { cat /etc/hosts; echo "127.0.0.1 relocate-oldhost relocate-hosta relocate-hostb"; } > "$h/hosts"
     unshare -m --propagation private sh -c '
         h=$1
         mount --bind "$h/run" /run &&
@@ -254,8 +264,9 @@ pass "two libvirtd's: $UA and $UB ($(elapsed))"
 
 vA () { timeout 120 virsh -c "$UA" "$@"; }
 vB () { timeout 120 virsh -c "$UB" "$@"; }
-LOGB=$tmp/B/state/hook.log
-DB=$tmp/B/state/$UUID/vda
+LOGB=$tmp/B/state/hook.log LOGA=$tmp/A/state/hook.log
+DB=$tmp/B/state/$UUID/vda DA=$tmp/A/state/$UUID/vda
+pid_in () { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$1/pids.json"; }
 
 # ---- the domain on A, its disk the old host's export ----
 domain_xml ()   # NAME UUID
@@ -326,16 +337,11 @@ fi
 grep -q "already exists" "$tmp/mig1.out" || fail "the first migration failed otherwise: $(cat "$tmp/mig1.out")"
 [ "$(vA domstate "$DOM" 2>/dev/null)" = running ] || fail "the domain does not run on A after the failed migration"
 grep -q "domain '$DOM' disk vda: relocating nbd://relocate-oldhost:$psrc/" "$LOGB" ||
-    fail "the hook did not start a relocation on B: $(cat "$LOGB" 2>/dev/null)"
-p1=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$DB/pids.json")
-running "$p1" "$DB" || fail "no relocation server on B after the failed attempt"
-for i in $(seq $((STANDBY * 10 + 300))); do running "$p1" "$DB" || break; sleep 0.1; done
-running "$p1" "$DB" && fail "the server of the failed attempt (pid $p1) still runs $(( $(date +%s) - t0 )) s after the attempt: $(ps -o pid,ppid,stat,etime,args -p "$p1")"
-t1=$(date +%s)
-grep -q "relocate-standby-timeout" "$DB/nbdkit.log" ||
-    fail "nbdkit did not say why it stopped: $(tail -n 5 "$DB/nbdkit.log")"
+    fail "the hook did not plan a relocation on B: $(cat "$LOGB" 2>/dev/null)"
+[ -s "$DB/relocation.json" ] || fail "no relocation planned on B"
+[ ! -e "$DB/pids.json" ] || fail "the failed attempt started a server on B: $(cat "$DB/pids.json")"
 vB undefine "$DOM" >/dev/null || fail "undefine the blocker"
-pass "failed migration: the hook's server stopped by itself after $((t1 - t0)) s (standby_timeout $STANDBY) ($(elapsed))"
+pass "failed migration before QEMU: the hook planned a relocation and started nothing ($(elapsed))"
 
 # ---- 1b. a migration that fails after QEMU started on B ----
 # The migration port is taken: B's QEMU starts (and opens its disk
@@ -356,7 +362,7 @@ fi
 t1=$(date +%s)
 [ "$(vA domstate "$DOM" 2>/dev/null)" = running ] || fail "the domain does not run on A after the second failed migration"
 [ -s "$DB/pids.json" ] || fail "the hook started no relocation server for the second attempt: $(cat "$tmp/mig1b.out")"
-p1b=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$DB/pids.json")
+p1b=$(pid_in "$DB")
 for i in $(seq 100); do running "$p1b" "$DB" || break; sleep 0.1; done
 running "$p1b" "$DB" && fail "the server of the attempt whose QEMU failed still runs: $(cat "$tmp/mig1b.out")"
 grep -q "domain '$DOM' disk vda: server stopped in standby: the guest never wrote here" "$LOGB" ||
@@ -375,30 +381,32 @@ t1=$(date +%s)
 vA domstate "$DOM" >/dev/null 2>&1 && fail "the domain is still on A"
 cp "$tmp/src.img" "$tmp/expected.img"     # the disk as the guest left A
 vB dumpxml "$DOM" > "$tmp/b.xml"
-grep -q "socket='$DB/nbd.sock'" "$tmp/b.xml" ||
-    fail "QEMU on B does not use the relocation socket: $(grep -A4 '<disk' "$tmp/b.xml")"
+PB=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$DB/relocation.json")
+grep -q "<host name=.relocate-hostb. port=.$PB./>" "$tmp/b.xml" ||
+    fail "QEMU on B does not use B's relocation server: $(grep -A4 '<disk' "$tmp/b.xml")"
 qpid=$(cat "$tmp/B/run/libvirt/qemu/$DOM.pid")
 [ "$(ps -o user= -p "$qpid")" = libvirt-qemu ] ||
     fail "QEMU on B runs as $(ps -o user= -p "$qpid"), not libvirt-qemu"
-[ "$(stat -c %U:%G "$DB/nbd.sock")" = libvirt-qemu:kvm ] ||
-    fail "socket owned by $(stat -c %U:%G "$DB/nbd.sock")"
 ls "$tmp/B/state/$UUID/attic/"*-vda >/dev/null 2>&1 ||
     fail "the failed attempt's state was not moved aside"
 grep -q "the previous state was moved to" "$LOGB" || fail "no log line for the moved state"
 [ "$("$RELOCATECTL" status --json "$DB/control.sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = standby ] ||
     fail "the relocation left standby before the guest wrote on B"
-pass "live migration A -> B in $((t1 - t0)) s; QEMU on B (libvirt-qemu) uses $DB/nbd.sock; the failed attempt's state is in the attic"
+pass "live migration A -> B in $((t1 - t0)) s; QEMU on B (libvirt-qemu) uses relocate-hostb:$PB; the failed attempts' state is in the attic"
 
 # What the guest wrote at A after the failed attempt, read on B.
 hmp B "read -P 0x22 2M 64k"
 hmp B "read -P 0x23 7M 4k"
-# Guest writes on B start the relocation.
-writes=("0x5a 1M 64k" "0xa5 5M 4k" "0x33 1536 3k" "0x77 16320k 64k")
-for w in "${writes[@]}"; do
-    set -- $w
-    hmp B "write -P $1 $2 $3"
-done
-$PY - "$tmp/expected.img" "${writes[@]}" <<'EOF'
+# guest_writes HOST "PATTERN OFFSET COUNT"...: the guest writes there,
+# and expected.img follows.
+guest_writes ()
+{
+    local h=$1 w p o c; shift
+    for w in "$@"; do
+        read -r p o c <<<"$w"
+        hmp "$h" "write -P $p $o $c"
+    done
+    $PY - "$tmp/expected.img" "$@" <<'EOF'
 import sys
 def n(s):
     m = {"k": 1024, "M": 1024 * 1024}
@@ -408,12 +416,66 @@ with open(sys.argv[1], "r+b") as f:
         pat, off, cnt = w.split()
         f.seek(n(off)); f.write(bytes([int(pat, 16)]) * n(cnt))
 EOF
+}
+# Guest writes on B start the relocation.
+guest_writes B "0x5a 1M 64k" "0xa5 5M 4k" "0x33 1536 3k" "0x77 16320k 64k"
 hmp B "read -P 0x5a 1M 64k"
 "$RELOCATECTL" wait --timeout 120 "$DB/control.sock" ||
     fail "the relocation did not complete: $("$RELOCATECTL" status "$DB/control.sock" 2>&1)"
 pass "guest reads at B what it wrote at A; writes at B; the relocation completed ($(elapsed))"
 
-pnb=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$DB/pids.json")
+# ---- 2b. onward: B -> A, then A -> B again ----
+# migrate FROM TO: a live migration between the two daemons.
+migrate ()
+{
+    timeout 120 virsh -c "$(uri_of "$1")" migrate --live "$DOM" "$(uri_of "$2")" \
+        --listen-address 127.0.0.1 --migrateuri "tcp://127.0.0.1:$(cat "$tmp/$2/migport")" \
+        > "$tmp/mig-$1$2.out" 2>&1 ||
+        fail "migration $1 -> $2: $(cat "$tmp/mig-$1$2.out"; tail -n 20 "$tmp/$2/log/qemu/$DOM.log" 2>/dev/null)"
+    [ "$(timeout 60 virsh -c "$(uri_of "$2")" domstate "$DOM")" = running ] || fail "not running on $2"
+}
+# gone_within SECONDS PID DIR: the server stops by itself in time.
+gone_within ()
+{
+    local i
+    for i in $(seq $(($1 * 10))); do running "$2" "$3" || return 0; sleep 0.1; done
+    return 1
+}
+pb1=$(pid_in "$DB")
+migrate B A
+PA=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$DA/relocation.json")
+vA dumpxml "$DOM" | grep -q "<host name=.relocate-hosta. port=.$PA./>" ||
+    fail "QEMU on A does not use A's relocation server: $(vA dumpxml "$DOM" | grep -A4 '<disk')"
+grep -q "domain '$DOM' disk vda: relocating nbd://relocate-hostb:$PB/ to $DA/disk.img" "$LOGA" ||
+    fail "A does not relocate from B's server: $(cat "$LOGA" 2>/dev/null)"
+grep -q "domain '$DOM' disk vda: the domain left this host and [0-9]* client(s) still read from its server" "$LOGB" ||
+    fail "B did not hand its server over: $(tail -n 3 "$LOGB")"
+running "$pb1" "$DB" || fail "B's server stopped while A relocates from it"
+hmp A "read -P 0x5a 1M 64k"
+hmp A "read -P 0x77 16320k 64k"
+guest_writes A "0x61 3M 64k" "0x62 9M 4k" "0x63 1M 4k"
+"$RELOCATECTL" wait --timeout 120 "$DA/control.sock" ||
+    fail "the relocation to A did not complete: $("$RELOCATECTL" status "$DA/control.sock" 2>&1)"
+gone_within 60 "$pb1" "$DB" || fail "B's server still runs after A's relocation completed"
+grep -q "domain '$DOM' disk vda: no host has read from this server for 3 s since the domain left: server stopped" "$LOGB" ||
+    fail "no stop line on B: $(tail -n 3 "$LOGB")"
+pass "B -> A: A relocated from B's server, which served it after the domain left B and then stopped ($(elapsed))"
+
+pa1=$(pid_in "$DA")
+migrate A B
+[ "$(ls -d "$tmp/B/state/$UUID/attic/"*-vda* | wc -l)" -ge 3 ] ||
+    fail "B's earlier stay was not moved aside: $(ls "$tmp/B/state/$UUID/attic/")"
+grep -q "domain '$DOM' disk vda: relocating nbd://relocate-hosta:$PA/ to $DB/disk.img" "$LOGB" ||
+    fail "B does not relocate from A's server: $(tail -n 3 "$LOGB")"
+hmp B "read -P 0x61 3M 64k"
+hmp B "read -P 0x63 1M 4k"
+guest_writes B "0x71 4M 64k" "0x72 11M 4k"
+"$RELOCATECTL" wait --timeout 120 "$DB/control.sock" ||
+    fail "the relocation back to B did not complete: $("$RELOCATECTL" status "$DB/control.sock" 2>&1)"
+gone_within 60 "$pa1" "$DA" || fail "A's server still runs after B's relocation completed"
+pass "A -> B again: a fresh relocation from A's server; A's server stopped once B was complete ($(elapsed))"
+
+pnb=$(pid_in "$DB")
 vB destroy "$DOM" >/dev/null || fail "destroy on B"
 for i in $(seq 200); do running "$pnb" "$DB" || break; sleep 0.1; done
 running "$pnb" "$DB" && fail "the relocation server still runs after destroy"
@@ -429,7 +491,7 @@ EOF
 n=$(grep -c "domain '$DOM' disk vda: server stopped; the relocation was complete" "$LOGB")
 [ "$n" -eq 1 ] || fail "$n 'relocation was complete' lines in hook.log: $(cat "$LOGB")"
 [ "$(stat -c %U "$DB/disk.img")" = root ] || fail "disk.img owned by $(stat -c %U "$DB/disk.img")"
-pass "destroy stopped the server; the relocated raw file is byte-exact; the old host's image has none of B's writes ($(elapsed))"
+pass "destroy stopped the server; B's raw file is byte-exact after A -> B -> A -> B; the old host's image has none of the later writes ($(elapsed))"
 
 # ---- 3. the persistent definition names the old host: refused ----
 vB dumpxml --inactive "$DOM" > "$tmp/b-inactive.xml" || fail "no persistent definition on B"
@@ -454,16 +516,9 @@ vA migrate --offline --persistent "$OFF" "$UB" > "$tmp/mig3.out" 2>&1 ||
     fail "offline migration: $(cat "$tmp/mig3.out")"
 vB dumpxml --inactive "$OFF" >/dev/null || fail "no definition of $OFF on B"
 D2=$tmp/B/state/$UUID2/vda
-if [ -s "$D2/pids.json" ]; then
-    p2=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$D2/pids.json")
-    for i in $(seq $((STANDBY * 10 + 300))); do running "$p2" "$D2" || break; sleep 0.1; done
-    running "$p2" "$D2" && fail "the offline migration's server still runs $(( $(date +%s) - t0 )) s later"
-    what="started a server, which stopped by itself after $(( $(date +%s) - t0 )) s in standby"
-else
-    what="started no server"
-fi
+[ ! -e "$D2/pids.json" ] || fail "the offline migration started a server on B: $(cat "$D2/pids.json")"
 vB undefine "$OFF" >/dev/null || fail "undefine $OFF on B"
 vA undefine "$OFF" >/dev/null 2>&1 || :
-pass "offline migration: the hook $what"
+pass "offline migration: the hook started nothing"
 
 pass "all in $(elapsed)"
