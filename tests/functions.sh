@@ -147,6 +147,29 @@ stop_server ()
     rm -f "$tmp/$name.pid"
 }
 
+# since T0: seconds (one decimal) since T0, a `date +%s.%N`.
+since () { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# stop_within PID SECONDS: SIGTERM, and wait up to SECONDS for it to
+# exit.  Prints how long it took; if it did not exit in time, kills it
+# (SIGKILL) and returns 1.
+stop_within ()
+{
+    local pid=$1 limit=$2 t0 i
+    t0=$(date +%s.%N)
+    kill -TERM "$pid" 2>/dev/null || :
+    for i in $(seq $((limit * 10))); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || :
+        since "$t0"
+        return 1
+    fi
+    since "$t0"
+}
+
 uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
 ctl () { "$RELOCATECTL" "$1" "$tmp/$2.ctl" "${@:3}"; }
 

@@ -57,8 +57,6 @@ set +e; ctl wait dst --timeout 10 2>"$tmp/err"; st=$?; set -e
 pass "the failure stays across a reconnect; wait exits 4: $(cat "$tmp/err")"
 
 pid=$(cat "$tmp/dst.pid")
-kill -TERM "$pid"
-for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-! kill -0 "$pid" 2>/dev/null || fail "nbdkit did not exit within 5 s of SIGTERM"
+took=$(stop_within "$pid" 5) || fail "nbdkit did not exit within 5 s of SIGTERM"
 rm -f "$tmp/dst.pid"
-pass "SIGTERM stops it"
+pass "SIGTERM stops it (in $took s)"

@@ -20,7 +20,6 @@ source "$(dirname "$0")/functions.sh"
 timeout=3
 limit=$(( timeout + 3 ))        # timeout + 1 s, plus 2 s of margin
 mib=32
-since () { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # A STOPped source must be continued before cleanup stops it.
 cont_source () { [ -s "$tmp/src.pid" ] && kill -CONT "$(cat "$tmp/src.pid")" 2>/dev/null || :; }
@@ -231,14 +230,8 @@ except nbd.Error as e: print("in-flight read:", e.string)
 clients+=($!)
 sleep 1
 dpid=$(cat "$tmp/dst.pid")
-t0=$(date +%s.%N)
-kill -TERM "$dpid"
-for i in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
-took=$(since $t0)
-if kill -0 "$dpid" 2>/dev/null; then
-    kill -KILL "$dpid" 2>/dev/null || :
+took=$(stop_within "$dpid" 10) ||
     fail "SIGTERM with the source hung: nbdkit still running after $took s"
-fi
 rm -f "$tmp/dst.pid"
 awk -v t="$took" 'BEGIN { exit !(t < 5) }' ||
     fail "SIGTERM with the source hung: nbdkit took $took s to exit (limit 5 s)"
@@ -266,13 +259,7 @@ took=$(since $t0)
 [ -n "$served" ] ||
     fail "restart with the source hung: present blocks not served after $took s"
 pass "restart with the source hung: present blocks served after $took s"
-t0=$(date +%s.%N)
-kill -TERM "$dpid"
-for i in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
-took=$(since $t0)
-if kill -0 "$dpid" 2>/dev/null; then
-    kill -KILL "$dpid"; fail "restarted nbdkit ignored SIGTERM for $took s"
-fi
+took=$(stop_within "$dpid" 10) || fail "restarted nbdkit ignored SIGTERM for $took s"
 awk -v t="$took" 'BEGIN { exit !(t < 5) }' || fail "restarted nbdkit took $took s to exit on SIGTERM"
 rm -f "$tmp/dst.pid"
 pass "restarted nbdkit exited on SIGTERM in $took s"
@@ -301,14 +288,8 @@ took=$(since $t0)
 if kill -0 "$npid" 2>/dev/null; then
     state="not serving"
     timeout 2 nbdinfo --size "$(uri new)" >/dev/null 2>&1 && state=serving
-    t1=$(date +%s.%N)
-    kill -TERM "$npid"
-    for i in $(seq 50); do kill -0 "$npid" 2>/dev/null || break; sleep 0.1; done
-    took2=$(since $t1)
-    if kill -0 "$npid" 2>/dev/null; then
-        kill -KILL "$npid" 2>/dev/null || :
+    took2=$(stop_within "$npid" 5) ||
         fail "start-up against a mute source: still $state after $took s, and ignored SIGTERM for $took2 s"
-    fi
     pass "start-up against a mute source: $state after $took s; SIGTERM stopped it in $took2 s"
 else
     st=0; wait "$npid" || st=$?

@@ -68,9 +68,7 @@ wait_for field_at_least dst present_bytes $((16 << 20)) || fail "copy did not st
 pid=$(cat "$tmp/dst.pid")
 present=$(status_field dst present_bytes)
 fetched_before=$(status_field dst fetched_background_bytes)
-kill -TERM "$pid"
-for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-! kill -0 "$pid" 2>/dev/null || fail "nbdkit did not exit on SIGTERM"
+stop_within "$pid" 10 >/dev/null || fail "nbdkit did not exit within 10 s of SIGTERM"
 rm -f "$tmp/dst.pid"
 durable=$($PY -c '
 import sys
