@@ -6,13 +6,6 @@
 # socket and SIGTERM: the start held a lock that recording the failure
 # took again.)
 source "$(dirname "$0")/functions.sh"
-# Not under a sanitizer: in ASan builds nbdkit sometimes crashes at exit
-# here after the SIGTERM (SEGV in the main thread in an unloaded module),
-# which is under investigation (issue 11).  The plain build runs it.
-if [ -n "${SANITIZER_PRELOAD:-}" ]; then
-    echo "SKIP: not run under a sanitizer (see the comment)"
-    exit 77
-fi
 
 cc -shared -fPIC -O2 -o "$tmp/fail-fdatasync.so" \
     "$srcdir/tests/fail-fdatasync.c" -ldl || fail "cannot build the shim"
