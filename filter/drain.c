@@ -29,13 +29,17 @@ static pthread_t thread;
 static bool running;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gone;          /* clients reached 0 (CLOCK_MONOTONIC) */
 static unsigned clients;
 static double last_left;             /* when the last client left */
 static bool draining;
 static void (*give_up_fn) (void);
 static struct sigaction old_term, old_int;   /* nbdkit's own handlers */
 static bool handlers_set;
+
+/* A client being drained: its real socket (our duplicate of it), and
+ * our end of the sink that stands in for it in nbdkit.
+ */
+struct sink { int real; int ours; };
 
 static void
 on_signal (int sig)
@@ -115,22 +119,115 @@ collect_listener (int fd, bool listening, struct address *a, void *opaque)
   g_array_append_val (listeners, *a);
 }
 
-/* Shut down a connection accepted on one of the listeners. */
+struct sinking { GArray *listeners; GArray *sinks; };
+
+/* Put a sink in place of a connection accepted on one of the
+ * listeners (or, failing that, shut it down).
+ */
 static void
-shut_client (int fd, bool listening, struct address *a, void *opaque)
+sink_client (int fd, bool listening, struct address *a, void *opaque)
 {
-  GArray *listeners = opaque;
+  struct sinking *s = opaque;
+  struct sink k;
+  int sv[2];
   guint i;
 
   if (listening)
     return;
-  for (i = 0; i < listeners->len; ++i) {
-    struct address *l = &g_array_index (listeners, struct address, i);
-    if (same_address (&l->ss, l->len, &a->ss, a->len)) {
-      shutdown (fd, SHUT_RDWR);
-      return;
+  for (i = 0; i < s->listeners->len; ++i) {
+    struct address *l = &g_array_index (s->listeners, struct address, i);
+    if (same_address (&l->ss, l->len, &a->ss, a->len))
+      break;
+  }
+  if (i == s->listeners->len)
+    return;
+  k.real = fcntl (fd, F_DUPFD_CLOEXEC, 0);
+  if (k.real == -1 ||
+      socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
+    nbdkit_debug ("relocate: stopping: no sink for a client (%m): "
+                  "shutting its socket");
+    if (k.real >= 0)
+      close (k.real);
+    shutdown (fd, SHUT_RDWR);
+    return;
+  }
+  shutdown (sv[1], SHUT_WR);          /* nbdkit reads end-of-file */
+  fcntl (sv[1], F_SETFL, O_NONBLOCK);
+  dup3 (sv[0], fd, O_CLOEXEC);
+  close (sv[0]);
+  k.ours = sv[1];
+  g_array_append_val (s->sinks, k);
+}
+
+static unsigned
+client_count (void)
+{
+  LOCK_FOR_SCOPE (&lock);
+  return clients;
+}
+
+/* Read and discard what nbdkit sent into the sinks, waiting up to ms
+ * for it; close a sink that nbdkit has closed.  True while one is open.
+ */
+static bool
+discard (GArray *sinks, int ms)
+{
+  g_autoptr (GArray) p = g_array_new (false, true, sizeof (struct pollfd));
+  char buf[65536];
+  guint i;
+
+  for (i = 0; i < sinks->len; ++i) {
+    struct pollfd q = { .fd = g_array_index (sinks, struct sink, i).ours,
+                        .events = POLLIN };
+    if (q.fd >= 0)
+      g_array_append_val (p, q);
+  }
+  if (p->len == 0)
+    return false;
+  if (poll ((struct pollfd *) p->data, p->len, ms) <= 0)
+    return true;
+  for (i = 0; i < sinks->len; ++i) {
+    struct sink *k = &g_array_index (sinks, struct sink, i);
+    ssize_t r;
+
+    if (k->ours < 0)
+      continue;
+    while ((r = read (k->ours, buf, sizeof buf)) > 0)
+      ;
+    if (r == 0 || (r == -1 && errno != EAGAIN && errno != EINTR)) {
+      close (k->ours);
+      k->ours = -1;
     }
   }
+  return true;
+}
+
+/* Close the clients' real sockets: they see end-of-file (a thread of
+ * nbdkit still reading from or sending to one, if the client stalls,
+ * fails).
+ */
+static void
+close_real (GArray *sinks)
+{
+  guint i;
+
+  for (i = 0; i < sinks->len; ++i) {
+    struct sink *k = &g_array_index (sinks, struct sink, i);
+    if (k->real >= 0) {
+      shutdown (k->real, SHUT_RDWR);
+      close (k->real);
+      k->real = -1;
+    }
+  }
+}
+
+/* Has drain_stop asked the drain thread to end? */
+static bool
+stop_asked (void)
+{
+  char c;
+
+  return read (pipefd[0], &c, 1) == 1 && c == 'Q';
 }
 
 /* Drain the clients, then let nbdkit exit. */
@@ -139,23 +236,35 @@ drain (void)
 {
   g_autoptr (GArray) listeners = g_array_new (false, false,
                                               sizeof (struct address));
+  g_autoptr (GArray) sinks = g_array_new (false, false, sizeof (struct sink));
+  struct sinking s = { listeners, sinks };
   double deadline = state_now () + DRAIN_SECONDS;
-  LOCK_FOR_SCOPE (&lock);
+  guint i;
 
-  draining = true;
+  {
+    LOCK_FOR_SCOPE (&lock);
+    draining = true;
+  }
   for_each_socket (collect_listener, listeners);
   if (listeners->len > 0) {
-    nbdkit_debug ("relocate: stopping: closing %u clients; their requests "
-                  "in flight finish unanswered", clients);
-    for_each_socket (shut_client, listeners);
-    while (clients > 0 && state_now () < deadline)
-      cond_wait_until (&gone, &lock, deadline);
+    nbdkit_debug ("relocate: stopping: %u clients; their requests in "
+                  "flight finish unanswered", client_count ());
+    for_each_socket (sink_client, &s);
   }
-  pthread_mutex_unlock (&lock);
+  while (client_count () > 0 && state_now () < deadline)
+    discard (sinks, 50);
+  close_real (sinks);
   if (give_up_fn)
     give_up_fn ();
-  pthread_mutex_lock (&lock);
   nbdkit_shutdown ();
+  /* nbdkit waits for its connections, whose last replies may still go
+   * into the sinks.
+   */
+  while (discard (sinks, 100) && !stop_asked ())
+    ;
+  for (i = 0; i < sinks->len; ++i)
+    if (g_array_index (sinks, struct sink, i).ours >= 0)
+      close (g_array_index (sinks, struct sink, i).ours);
 }
 
 /* relocate-standby-timeout: still in standby with no client for that
@@ -203,7 +312,6 @@ drain_start (void (*give_up) (void))
   struct sigaction sa = { .sa_handler = on_signal };
   int e;
 
-  cond_init_monotonic (&gone);
   if (pipe2 (pipefd, O_CLOEXEC | O_NONBLOCK) == -1) {
     nbdkit_error ("relocate: pipe: %m");
     return -1;
@@ -264,8 +372,6 @@ drain_client_close (void)
 {
   LOCK_FOR_SCOPE (&lock);
 
-  if (--clients == 0) {
+  if (--clients == 0)
     last_left = state_now ();
-    pthread_cond_broadcast (&gone);
-  }
 }
