@@ -770,7 +770,11 @@ upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
     return -1;
   }
   r = pread_locked (buf, count, offset, deadline, !background, err);
-  if (r == -1)
+  if (r == -1 && giving_up)
+    nbdkit_debug ("relocate: the read of %" PRIu32 " bytes at offset %"
+                  PRIu64 " from the source was given up: stopping",
+                  count, offset);
+  else if (r == -1)
     nbdkit_error ("relocate: cannot read %" PRIu32 " bytes at offset %" PRIu64
                   " from the source%s: %s", count, offset,
                   background ? " (background copy)" : "",
