@@ -283,6 +283,39 @@ $NBDIO compare "nbd://$hc/disk1" "$tmp/guest7.img" || fail "the restarted server
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 release end - < "$tmp/c7.xml" || fail "release end (C, again)"
 pass "B's stale copy is refused; C's definition restarts C's server over its files"
 
+# ---- A -> B -> C -> B, back before C has anything of its own ----
+# B's first stay is incomplete (a slow background copy), C never
+# leaves standby; when the domain comes back to B, B's first server is
+# still C's source: it must keep serving from the attic until B's new
+# relocation (from C) is complete, then C's server stops, then it.
+tconf "$tmp/b8.conf" "$tmp/rootB" localhost "$pr" "rate = 64K"   # the first stay
+sed "s/@NAME@/vm8/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0008/" "$SAMPLES/one-disk.xml" > "$tmp/vm8.xml"
+U8=6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0008
+DB8=$tmp/rootB/$U8/vda DC8=$tmp/rootC/$U8/vda
+cp "$tmp/a.img" "$tmp/guest8.img"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b8.conf migrate_in vm8 "$tmp/vm8.xml" "$tmp/b8.xml" || fail "A -> B (vm8)"
+$NBDIO writes "nbd://$(host_of "$tmp/b8.xml")/disk1" "$tmp/guest8.img" 9 20 || fail "guest writes on B (vm8)"
+[ "$("$RELOCATECTL" status --json "$DB8/control.sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = relocating ] ||
+    fail "B's first relocation is not in progress"
+pb8=$(nbdkit_pid "$DB8")
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf migrate_in vm8 "$tmp/b8.xml" "$tmp/c8.xml" || fail "B -> C (vm8)"
+pc8=$(nbdkit_pid "$DC8")
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b8.conf "$HOOK" vm8 release end - < "$tmp/b8.xml" || fail "release end (B, vm8)"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf migrate_in vm8 "$tmp/c8.xml" "$tmp/b8b.xml" || fail "C -> B (vm8)"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm8 release end - < "$tmp/c8.xml" || fail "release end (C, vm8)"
+running "$pb8" || fail "B's first server was stopped while C still read from it"
+grep -q "domain 'vm8' disk vda: relocating nbd://$(host_of "$tmp/c8.xml")/disk1 to $DB8/disk.img .*its server still serves the host the domain moved on to" "$tmp/rootB/hook.log" ||
+    fail "no log line for the server kept in the attic: $(grep vm8 "$tmp/rootB/hook.log" | tail -n 2)"
+hb8=$(host_of "$tmp/b8b.xml")
+$NBDIO compare "nbd://$hb8/disk1" "$tmp/guest8.img" || fail "B's new relocation serves other data than the guest wrote"
+$NBDIO writes "nbd://$hb8/disk1" "$tmp/guest8.img" 10 20 || fail "guest writes on B again (vm8)"
+"$RELOCATECTL" wait --timeout 60 "$DB8/control.sock" || fail "B's new relocation did not complete"
+wait_for bash -c "! kill -0 $pc8 2>/dev/null" || fail "C's server still runs after B completed"
+wait_for bash -c "! kill -0 $pb8 2>/dev/null" || fail "B's first server still runs after C's stopped"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm8 release end - < "$tmp/b8b.xml" || fail "release end (B, vm8, again)"
+cmp "$DB8/disk.img" "$tmp/guest8.img" || fail "A->B->C->B: the file on B differs"
+pass "A -> B -> C -> B with B's first copy incomplete: its server kept serving from the attic, byte-exact on B, every server stopped after"
+
 # Nothing of ours still runs.
 for f in "$tmp"/root*/*/vda/pids.json "$tmp"/root*/*/attic/*/pids.json; do
     for p in $($PY -c 'import json,sys; print(*json.load(open(sys.argv[1])).values())' "$f"); do
