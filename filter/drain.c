@@ -153,7 +153,15 @@ sink_client (int fd, bool listening, struct address *a, void *opaque)
   }
   shutdown (sv[1], SHUT_WR);          /* nbdkit reads end-of-file */
   fcntl (sv[1], F_SETFL, O_NONBLOCK);
-  dup3 (sv[0], fd, O_CLOEXEC);
+  if (dup3 (sv[0], fd, O_CLOEXEC) == -1) {
+    nbdkit_debug ("relocate: stopping: no sink for a client (dup3: %m): "
+                  "shutting its socket");
+    close (sv[0]);
+    close (sv[1]);
+    close (k.real);
+    shutdown (fd, SHUT_RDWR);
+    return;
+  }
   close (sv[0]);
   k.ours = sv[1];
   g_array_append_val (s->sinks, k);
