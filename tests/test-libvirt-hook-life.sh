@@ -77,6 +77,25 @@ grep -q "disk vda: not relocated: extra_args may not set relocate-start" "$LOG" 
     fail "no log line for relocate-start in extra_args"
 pass "start = immediate (also through extra_args) refused, logged, nothing started"
 
+# ---- serve = tcp needs a name the other hosts resolve ----
+fqdn=$($PY -c 'import socket; print(socket.getfqdn())')
+conf "$tmp/auto.conf" "serve = tcp" "serve_name = auto"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/auto.conf hook migrate begin > "$tmp/out.xml" ||
+    fail "hook failed with serve_name = auto"
+case $fqdn in
+    localhost*|127.*|::1)
+        ! grep -q "name='$fqdn'" "$tmp/out.xml" || fail "the disk was pointed at $fqdn"
+        grep -q "disk vda: not relocated: serve_name = auto gives '$fqdn', which names every host" "$LOG" ||
+            fail "no refusal line for serve_name = auto giving $fqdn"
+        what="refused: this host's FQDN is $fqdn" ;;
+    *)
+        grep -q "name='$fqdn'" "$tmp/out.xml" || fail "the disk does not name $fqdn: $(cat "$tmp/out.xml")"
+        rm -rf "$tmp/root/$UUID"
+        what="uses this host's FQDN, $fqdn" ;;
+esac
+[ ! -e "$D/pids.json" ] || fail "migrate begin started a server"
+pass "serve = tcp with serve_name = auto: $what"
+
 # ---- A -> B: the guest writes here, the copy completes ----
 cp "$tmp/a.img" "$tmp/guest.img"            # what the guest's disk holds
 migrate_in vm1 "$tmp/vm1.xml" "$tmp/out.xml" || fail "migrate begin + prepare failed"
