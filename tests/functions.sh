@@ -25,6 +25,8 @@ if [ -n "${SANITIZER_PRELOAD:-}" ]; then
 else
     NBDKIT=(nbdkit)
 fi
+# NBDKIT as shell words (quoted), for the scripts that tests write.
+nbdkit_words () { printf '%q ' "${NBDKIT[@]}"; }
 
 cleanup ()
 {

@@ -27,7 +27,7 @@ wait_for test -s "$tmp/a.pid" || fail "source did not start"
 servers+=(a)
 A="nbd://127.0.0.1:$pa/disk1"
 
-printf '#!/bin/sh\nexec %s "$@"\n' "${NBDKIT[*]}" > "$tmp/bin/nbdkit"
+printf '#!/bin/bash\nexec %s"$@"\n' "$(nbdkit_words)" > "$tmp/bin/nbdkit"
 chmod +x "$tmp/bin/nbdkit"
 printf 'user = "nobody"\ngroup = "nogroup"\n' > "$tmp/qemu.conf"
 conf () {   # conf FILE [KEY = VALUE lines]: a hook.conf
@@ -200,9 +200,9 @@ for a in "\$@"; do
     case \$a in relocate-standby-timeout=*) echo "\$a" >> "$tmp/st-args" ;; *) args+=("\$a") ;; esac
 done
 if [[ " \$* " == *" --help "* ]]; then
-    ${NBDKIT[*]} "\${args[@]}"; echo "relocate-standby-timeout=SECONDS"; exit 0
+    $(nbdkit_words)"\${args[@]}"; echo "relocate-standby-timeout=SECONDS"; exit 0
 fi
-exec ${NBDKIT[*]} "\${args[@]}"
+exec $(nbdkit_words)"\${args[@]}"
 EOF
 chmod +x "$tmp/bin/nbdkit-st"
 conf "$tmp/st.conf" "nbdkit = $tmp/bin/nbdkit-st" "standby_timeout = 7"

@@ -30,7 +30,7 @@ mkdir -p "$tmp/root" "$tmp/bin"
 # be traversable for it, as /var/lib is.
 chmod 0711 "$tmp"
 printf '# qemu.conf\n#user = "root"\nuser = "nobody"   # as libvirt-qemu\ngroup = "nogroup"\n' > "$tmp/qemu.conf"
-printf '#!/bin/sh\nexec %s "$@"\n' "${NBDKIT[*]}" > "$tmp/bin/nbdkit"
+printf '#!/bin/bash\nexec %s"$@"\n' "$(nbdkit_words)" > "$tmp/bin/nbdkit"
 chmod +x "$tmp/bin/nbdkit"
 cat > "$tmp/hook.conf" <<CONF
 [hook]
