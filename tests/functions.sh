@@ -28,6 +28,21 @@ fi
 # NBDKIT as shell words (quoted), for the scripts that tests write.
 nbdkit_words () { printf '%q ' "${NBDKIT[@]}"; }
 
+# stop_hook_servers: what the libvirt hook started under $tmp (nbdkit
+# and its keeper, in each pids.json), killed by pid if its command line
+# names $tmp: a hook test that fails half-way leaves nothing running.
+stop_hook_servers ()
+{
+    local f p
+    while read -r f; do
+        for p in $($PY -c 'import json, sys; print(*json.load(open(sys.argv[1])).values())' "$f" 2>/dev/null); do
+            if grep -qsF "$tmp" "/proc/$p/cmdline"; then
+                kill -KILL "$p" 2>/dev/null || :
+            fi
+        done
+    done < <(find "$tmp" -name pids.json 2>/dev/null)
+}
+
 cleanup ()
 {
     local status=$?
@@ -35,6 +50,7 @@ cleanup ()
     for i in "${clients[@]}"; do
         kill "$i" 2>/dev/null || :
     done
+    stop_hook_servers
     # Newest first: a relocation holds a connection to its source.
     for (( i=${#servers[@]}-1; i>=0; i-- )); do
         stop_server "${servers[i]}" || :
@@ -49,7 +65,8 @@ cleanup ()
     [ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"
     exit "$status"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 143' INT TERM        # a test that is stopped has not passed
 
 fail () { echo "FAIL: $*" >&2; exit 1; }
 pass () { echo "ok: $*"; }

@@ -24,7 +24,7 @@ mib=32
 # A STOPped source must be continued before cleanup stops it.
 cont_source () { [ -s "$tmp/src.pid" ] && kill -CONT "$(cat "$tmp/src.pid")" 2>/dev/null || :; }
 # (set +e: the subshell's non-zero exit must not end the trap early.)
-trap 'st=$?; set +e; cont_source; (exit $st); cleanup' EXIT INT TERM
+trap 'st=$?; set +e; cont_source; (exit $st); cleanup' EXIT
 
 random_image "$tmp/src.img" $mib
 cp "$tmp/src.img" "$tmp/oracle.img"
