@@ -190,6 +190,25 @@ stop_within ()
 }
 
 uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
+
+# free_port: a TCP port on 127.0.0.1 that is free now.
+free_port () { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_tcp_source NAME IMAGE PORT: nbdkit file serving IMAGE on
+# 127.0.0.1:PORT (an old host's export, as the libvirt hook sees one),
+# pid in $tmp/NAME.pid, stopped on exit; returns once it serves.
+start_tcp_source ()
+{
+    local name=$1 img=$2 port=$3
+    rm -f "$tmp/$name.pid"
+    nbdkit -f -i 127.0.0.1 -p "$port" -P "$tmp/$name.pid" file "$img" \
+        2>>"$tmp/$name.log" </dev/null &
+    disown
+    wait_for test -s "$tmp/$name.pid" || fail "source $name did not start"
+    servers+=("$name")
+    wait_for nbdinfo --can connect "nbd://127.0.0.1:$port" ||
+        fail "source $name does not serve on port $port"
+}
 ctl () { "$RELOCATECTL" "$1" "$tmp/$2.ctl" "${@:3}"; }
 
 # status_field NAME KEY: one field of relocatectl status --json.

@@ -14,17 +14,12 @@ source "$(dirname "$0")/functions.sh"
 HOOK=$srcdir/scripts/nbdkit-relocate-hook
 SAMPLES=$srcdir/tests/hook
 
-free_port () { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 chmod 0711 "$tmp"
 mkdir -p "$tmp/root" "$tmp/bin"
 random_image "$tmp/a.img" 8
 pa=$(free_port)
-rm -f "$tmp/a.pid"
-nbdkit -f -i 127.0.0.1 -p "$pa" -P "$tmp/a.pid" file "$tmp/a.img" 2>>"$tmp/a.log" </dev/null &
-disown
-wait_for test -s "$tmp/a.pid" || fail "source did not start"
-servers+=(a)
+start_tcp_source a "$tmp/a.img" "$pa"
 A="nbd://127.0.0.1:$pa/disk1"
 
 printf '#!/bin/bash\nexec %s"$@"\n' "$(nbdkit_words)" > "$tmp/bin/nbdkit"

@@ -9,20 +9,11 @@ source "$(dirname "$0")/functions.sh"
 HOOK=$srcdir/scripts/nbdkit-relocate-hook
 SAMPLES=$srcdir/tests/hook
 
-free_port () { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-tcp_source ()   # NAME IMAGE PORT: nbdkit file on 127.0.0.1:PORT
-{
-    rm -f "$tmp/$1.pid"
-    nbdkit -f -i 127.0.0.1 -p "$3" -P "$tmp/$1.pid" file "$2" 2>>"$tmp/$1.log" </dev/null &
-    disown
-    wait_for test -s "$tmp/$1.pid" || fail "source $1 did not start"
-    servers+=("$1")
-}
 
 random_image "$tmp/d1.img" 16
 random_image "$tmp/d2.img" 8
-p1=$(free_port); tcp_source s1 "$tmp/d1.img" "$p1"
-p2=$(free_port); tcp_source s2 "$tmp/d2.img" "$p2"
+p1=$(free_port); start_tcp_source s1 "$tmp/d1.img" "$p1"
+p2=$(free_port); start_tcp_source s2 "$tmp/d2.img" "$p2"
 
 mkdir -p "$tmp/root" "$tmp/bin"
 # QEMU's user as Debian's libvirt runs it, but one that exists here:

@@ -54,7 +54,6 @@ HOOK=$srcdir/scripts/nbdkit-relocate-hook
 START=$(date +%s)
 elapsed () { echo "$(( $(date +%s) - START ))s"; }
 
-free_port () { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Both ports free; the migration port ranges are distinct and small.
 free_range ()
 {
@@ -148,12 +147,7 @@ random_image "$tmp/src.img" 16
 # Nothing bootable: the firmware must not find a boot sector.
 dd if=/dev/zero of="$tmp/src.img" bs=512 count=1 conv=notrunc status=none
 psrc=$(free_port)
-rm -f "$tmp/src.pid"
-nbdkit -f -i 127.0.0.1 -p "$psrc" -P "$tmp/src.pid" file "$tmp/src.img" 2>>"$tmp/src.log" </dev/null &
-disown
-wait_for test -s "$tmp/src.pid" || fail "source nbdkit did not start"
-servers+=(src)
-wait_for nbdinfo --can connect "nbd://127.0.0.1:$psrc" || fail "source does not serve"
+start_tcp_source src "$tmp/src.img" "$psrc"
 
 # nbdkit for the hook (with a sanitizer build its runtime is preloaded,
 # and its options kept: libvirt runs hooks with a clean environment).
