@@ -93,6 +93,14 @@ def main():
                     "see README.md)")
     ap.add_argument("--vmview-net", default="wan-streams",
                     help="network model of scenario 3 (default wan-streams)")
+    ap.add_argument("--vmview-cpus", choices=("split", "shared"),
+                    default="split",
+                    help="scenario 3: split = the source and the WAN model "
+                    "on the last CPU, relocate and fio on the others "
+                    "(default); shared = every process on every CPU")
+    ap.add_argument("--vmview-tests",
+                    help="scenario 3: only the tests whose names contain "
+                    "one of these comma-separated words")
     ap.add_argument("--tmpdir", default=os.environ.get("BENCH_TMPDIR", "/var/tmp"),
                     help="where images go (needs ~3x the dense size free)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")

@@ -48,17 +48,26 @@ def targets(runs, alloc):
 
 def vmview(V):
     """Scenario 3's table: p50/p99 paused vs copying, and the ratios."""
+    cpus = V.get("cpus")
     L = ["## 3. The guest's view during the relocation (%s)\n" % V["net"],
-         "fio 4 KiB random I/O for %d s, each test on a fresh relocation: "
-         "present = a %d MiB region at the start of the disk, copied by "
-         "the background copy (then paused) and read once; absent = the "
-         "third quarter of the disk (paused), the fourth (copying).  Flush = "
-         "4 KiB random writes each followed by a flush (fio fsync=1), the "
-         "flush's latency.  paused = `relocatectl pause`; copying = the "
-         "same after `resume`.  Targets: present p99 copying/paused <= 1.5, "
-         "flush p99 <= 2.\n" % (V["runtime"], V["region"] // MiB),
-         "| test | p50 paused us | p50 copying us | p99 paused us | p99 copying us | p50 ratio | p99 ratio | IOPS paused | IOPS copying | I/Os that fetched paused / copying | copy MiB/s meanwhile | copy active s | target |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+         "fio 4 KiB random I/O, %d s paused and %d s copying, each test on "
+         "a fresh relocation: present = a %d MiB region at the start of the "
+         "disk, copied by the background copy (then paused) and read once, "
+         "with fio runs of about 2 s paused and copying in turn (paused, "
+         "copying, copying, paused, ...), each side's percentiles from the "
+         "summed histograms of its runs; absent = one run on the third "
+         "quarter of the disk (paused), then one on the fourth (copying).  "
+         "Flush = 4 KiB random writes each followed by a flush (fio "
+         "fsync=1), the flush's latency.  paused = `relocatectl pause`; "
+         "copying = after `resume`.  Targets: present p99 copying/paused "
+         "<= 1.5, flush p99 <= 2.\n"
+         % (V["runtime"], V["runtime"], V["region"] // MiB),
+         ("CPUs: the source and the WAN model on CPU %s, relocate and fio "
+          "on CPU %s (on a real migration they are different hosts).\n"
+          % (cpus["source"], cpus["dest"])) if cpus else
+         "CPUs: every process on every CPU.\n",
+         "| test | p50 paused us | p50 copying us | p99 paused us | p99 copying us | p50 ratio | p99 ratio | IOPS paused | IOPS copying | I/Os that fetched paused / copying | copy MiB/s meanwhile | target |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, runs in V["tests"].items():
         flush = "flush" in name
         k50, k99 = ("flush_p50_us", "flush_p99_us") if flush \
@@ -76,15 +85,16 @@ def vmview(V):
             x = [r["fetched_demand_bytes"] / bs / (r["io_bytes"] / 4096)
                  for r in rs if r.get("io_bytes")]
             return fmt(100 * median(x) if x else None, "%.0f%%")
-        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s |" % (
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s |" % (
             name, fmt(med(P, k50), "%.0f"), fmt(med(C, k50), "%.0f"),
             fmt(med(P, k99), "%.0f"), fmt(med(C, k99), "%.0f"),
             fmt(ratio(med(C, k50), med(P, k50))), fmt(r99),
             fmt(med(P, "iops"), "%.0f"), fmt(med(C, "iops"), "%.0f"),
             fetched(P), fetched(C),
-            fmt(med(runs, "copy_mib_s"), "%.1f"),
-            fmt(med(runs, "copy_active_s"), "%.1f"), tgt))
-    L.append("\nThe fio window of the copying runs was %s s.  \"I/Os that "
+            fmt(med(runs, "copy_mib_s"), "%.1f") +
+            (" (completed)" if any(r.get("copy_completed") for r in runs)
+             else ""), tgt))
+    L.append("\nThe copying runs took %s s.  \"I/Os that "
              "fetched\": 64K blocks fetched on demand per 4K I/O; on absent "
              "data the rest found their block already fetched (by an earlier "
              "I/O, or by the copy, which follows the guest's demand "

@@ -89,6 +89,15 @@ class Bench:
         self.src_port = None
         self.relay_conns = None
         self.dense_local_net = None
+        self.cpus = None        # {"source": cpus, "dest": cpus}: see pin()
+
+    def pin(self, side, argv):
+        """argv under taskset on the CPUs of SIDE ("source": the source
+        and the WAN model, "dest": relocate and its clients) while
+        self.cpus is set, else argv."""
+        if not self.cpus:
+            return list(argv)
+        return ["taskset", "-c", self.cpus[side]] + list(argv)
 
     def _rdelay_seconds(self):
         for a in self.wan_args:
@@ -115,8 +124,9 @@ class Bench:
     # -------------------------------------------------- servers
 
     def nbdkit(self, name, args, env=None, extra_wait=()):
-        argv = ["nbdkit", "-f", "--log=stderr", "-U", self.sock(name),
-                "-P", self.procs.path(name, "pid")] + args
+        argv = self.pin("source" if name == "src" else "dest", [
+            "nbdkit", "-f", "--log=stderr", "-U", self.sock(name),
+            "-P", self.procs.path(name, "pid")] + args)
         return self.procs.start(name, argv, env=env,
                                 wait_paths=[self.sock(name)] + list(extra_wait),
                                 pidfile=self.procs.path(name, "pid"))
@@ -138,12 +148,12 @@ class Bench:
             m = RELAYS[net]
             portf = self.procs.path("relay", "port")
             pidf = self.procs.path("relay", "pid")
-            self.procs.start("relay", [
+            self.procs.start("relay", self.pin("source", [
                 "/usr/bin/python3", os.path.join(HERE, "lib", "relay.py"),
                 "--upstream", "unix:" + self.sock("src"),
                 "--listen", "127.0.0.1:0", "--port-file", portf,
                 "--pid-file", pidf, "--rtt", m["rtt"],
-                "--conn-rate", m["conn_rate"], "--link-rate", m["link_rate"]],
+                "--conn-rate", m["conn_rate"], "--link-rate", m["link_rate"]]),
                 wait_paths=[portf], pidfile=pidf)
             with open(portf) as f:
                 self.src_port = int(f.read())
