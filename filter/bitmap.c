@@ -53,6 +53,8 @@ static bool header_dirty;
 static uint64_t *bits;              /* one bit per block */
 static uint64_t bits_bytes;         /* bitmap_bits_size (nblocks) */
 static uint64_t present;            /* number of bits set */
+static uint64_t *durable;           /* the bits known to be in the file */
+static uint64_t ndurable;           /* number of those set */
 static unsigned char *dirty;        /* one byte per PAGE of bits */
 static size_t npages;
 static char *path_volatile;         /* path.volatile */
@@ -327,9 +329,17 @@ bitmap_load (const char *path)
   bits_bytes = bitmap_bits_size (header.nblocks);
   npages = (bits_bytes + PAGE - 1) / PAGE;
   bits = calloc (1, bits_bytes ? bits_bytes : 8);
+  durable = calloc (1, bits_bytes ? bits_bytes : 8);
   dirty = calloc (1, npages ? npages : 1);
-  if (bits == NULL || dirty == NULL) {
+  if (bits == NULL || durable == NULL || dirty == NULL) {
     nbdkit_error ("relocate-bitmap %s: malloc: %m", path);
+    return -1;
+  }
+  /* A run that crashed may have left its last write of the bits
+   * unsynced: sync them, so that every bit read is durable.
+   */
+  if (fdatasync (fd) == -1) {
+    nbdkit_error ("relocate-bitmap %s: fdatasync: %m", path);
     return -1;
   }
   r = pread (fd, bits, bits_bytes, BITMAP_HEADER_SIZE);
@@ -346,6 +356,8 @@ bitmap_load (const char *path)
       bits[i] &= (UINT64_C (1) << (header.nblocks % 64)) - 1;
     present += __builtin_popcountll (bits[i]);
   }
+  memcpy (durable, bits, bits_bytes);
+  ndurable = present;
   header_dirty = false;
   load_counters ();
   path_volatile = g_strdup_printf ("%s.volatile", path);
@@ -410,9 +422,10 @@ bitmap_unload (void)
     vbitmap_close ();
   have_volatile = false;
   free (bits);
+  free (durable);
   free (dirty);
   g_free (path_volatile);
-  bits = NULL;
+  bits = durable = NULL;
   dirty = NULL;
   path_volatile = NULL;
 }
@@ -460,6 +473,18 @@ uint64_t
 bitmap_count (void)
 {
   return present;
+}
+
+bool
+bitmap_durable (uint64_t blk)
+{
+  return (durable[blk / 64] >> (blk % 64)) & 1;
+}
+
+uint64_t
+bitmap_durable_count (void)
+{
+  return ndurable;
 }
 
 void
@@ -575,6 +600,23 @@ bitmap_write_snapshot (struct bitmap_snapshot *s)
     errno = EIO;
   nbdkit_error ("relocate-bitmap: write: %m");
   return -1;
+}
+
+void
+bitmap_snapshot_durable (const struct bitmap_snapshot *s)
+{
+  size_t i, j;
+
+  for (i = 0; i < s->n; ++i) {
+    const uint64_t *in = (const uint64_t *) (s->data + i * PAGE);
+    size_t first = s->page[i] * PAGE / 8;
+    size_t words = MIN ((uint64_t) PAGE, bits_bytes - s->page[i] * PAGE) / 8;
+    for (j = 0; j < words; ++j) {
+      uint64_t w = GUINT64_FROM_LE (in[j]);
+      ndurable += __builtin_popcountll (w & ~durable[first + j]);
+      durable[first + j] |= w;
+    }
+  }
 }
 
 void

@@ -63,7 +63,10 @@ int bitmap_create (const char *path, const struct bitmap_info *info);
 /* fsync the directory holding path, so a new name in it is durable. */
 int fsync_parent_dir (const char *path);
 
-/* Open the bitmap file and load its bits into memory.  Reads only. */
+/* Open the bitmap file and load its bits into memory.  Changes
+ * nothing in it (it syncs the file first: a crashed run may have left
+ * bits unsynced).
+ */
 int bitmap_load (const char *path);
 
 /* Open the volatile bitmap beside the loaded one (path.volatile) and
@@ -87,6 +90,12 @@ const struct bitmap_info *bitmap_info (void);
 bool bitmap_get (uint64_t blk);          /* Is the block present? */
 void bitmap_set (uint64_t blk);          /* Mark it present (and dirty). */
 uint64_t bitmap_count (void);            /* How many blocks are present. */
+
+/* Is the block's bit in the file, synced (as loaded, or written by a
+ * snapshot since)?  How many such bits are there?
+ */
+bool bitmap_durable (uint64_t blk);
+uint64_t bitmap_durable_count (void);
 void bitmap_set_flag (uint32_t flag);    /* Set a header flag (dirty). */
 
 /* The first block >= from that is absent, or nblocks if none. */
@@ -98,6 +107,7 @@ uint64_t bitmap_next_absent (uint64_t from);
 struct bitmap_snapshot;
 struct bitmap_snapshot *bitmap_take_snapshot (const uint64_t c[STATE_NCOUNTERS]);
 int bitmap_write_snapshot (struct bitmap_snapshot *snap); /* write + fdatasync */
+void bitmap_snapshot_durable (const struct bitmap_snapshot *snap); /* after the write */
 void bitmap_restore_snapshot (struct bitmap_snapshot *snap); /* re-dirty after a failure */
 void bitmap_free_snapshot (struct bitmap_snapshot *snap);
 

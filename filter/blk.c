@@ -16,6 +16,7 @@
 
 #include "bitmap.h"
 #include "blk.h"
+#include "lock.h"
 #include "params.h"
 #include "state.h"
 #include "upstream.h"
@@ -51,6 +52,16 @@ static uint64_t demand_hint;            /* atomic */
  * server over the local file.
  */
 static bool all_present;                /* atomic */
+
+/* Once, further, every bit is durable, writes skip it too.  Until
+ * then a client write to a block whose bit is not durable sets
+ * client_unsynced (under lock): the client's next flush must write
+ * the bitmap.  Other flushes by the client only sync the local file:
+ * bits set by fetches need not be durable, a block whose bit is lost
+ * is fetched again.
+ */
+static bool all_durable;                /* atomic */
+static bool client_unsynced;
 
 /* After an fdatasync of the local file fails, Linux may have dropped
  * the data and will not report it again: never write the bitmap
@@ -281,6 +292,7 @@ blk_open (uint64_t new_size)
     return -1;
   }
   all_present = bitmap_count () == blk_nblocks;
+  all_durable = bitmap_durable_count () == blk_nblocks;
   busy = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
   failed = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
   if (busy == NULL || failed == NULL) {
@@ -810,7 +822,7 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
   bool head_partial, tail_partial, head_absent, tail_absent;
   int r;
 
-  if (__atomic_load_n (&all_present, __ATOMIC_ACQUIRE))
+  if (__atomic_load_n (&all_durable, __ATOMIC_ACQUIRE))
     return local_op (op, buf, count, offset, flag, err);
 
   pthread_mutex_lock (&lock);
@@ -845,11 +857,16 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
   if (r == 0)
     r = local_op (op, buf, count, offset, flag, err);
 
-  /* Every busy block of the range is ours. */
+  /* Every busy block of the range is ours.  A changed block whose bit
+   * is not durable needs the bitmap written at the client's next flush.
+   */
   pthread_mutex_lock (&lock);
-  for (b = b0; b <= b1; ++b)
+  for (b = b0; b <= b1; ++b) {
     if (is_busy (b))
       finish_run_locked (b, 1, r == 0);
+    if (r == 0 && !bitmap_durable (b))
+      client_unsynced = true;
+  }
   pthread_mutex_unlock (&lock);
   return r;
 }
@@ -861,7 +878,7 @@ blk_write (const void *buf, uint32_t count, uint64_t offset, bool fua,
   if (modify (OP_WRITE, buf, count, offset, false, err) == -1)
     return -1;
   STAT_ADD (written, count);
-  return fua ? blk_flush (err) : 0;
+  return fua ? blk_flush_client (err) : 0;
 }
 
 int
@@ -869,7 +886,7 @@ blk_zero (uint32_t count, uint64_t offset, bool may_trim, bool fua, int *err)
 {
   if (modify (OP_ZERO, NULL, count, offset, may_trim, err) == -1)
     return -1;
-  return fua ? blk_flush (err) : 0;
+  return fua ? blk_flush_client (err) : 0;
 }
 
 /* Trim is advisory: only whole blocks are discarded (they become
@@ -887,19 +904,25 @@ blk_trim (uint32_t count, uint64_t offset, bool fua, int *err)
   if (start < end &&
       modify (OP_TRIM, NULL, end - start, start, true, err) == -1)
     return -1;
-  return fua ? blk_flush (err) : 0;
+  return fua ? blk_flush_client (err) : 0;
 }
 
-int
-blk_flush (int *err)
+/* Sync the local file, then (unless for_client finds no client write
+ * that needs it) write the dirty part of the bitmap and sync it.
+ */
+static int
+flush (bool for_client, int *err)
 {
   uint64_t counters[STATE_NCOUNTERS];
-  struct bitmap_snapshot *snap;
+  struct bitmap_snapshot *snap = NULL;
+  bool bitmap;
   int r = 0;
 
-  pthread_mutex_lock (&persist_lock);
+  /* Held throughout: a flush that skips the bitmap must not return
+   * while an earlier one is still writing bits it relies on.
+   */
+  LOCK_FOR_SCOPE (&persist_lock);
   if (sync_failed) {
-    pthread_mutex_unlock (&persist_lock);
     nbdkit_error ("relocate-file: an earlier fdatasync failed; refusing to "
                   "flush (restart nbdkit to recover)");
     *err = EIO;
@@ -907,12 +930,16 @@ blk_flush (int *err)
   }
   state_save_counters (counters);
   pthread_mutex_lock (&lock);
-  snap = bitmap_take_snapshot (counters);
+  bitmap = !for_client || client_unsynced;
+  if (bitmap) {
+    snap = bitmap_take_snapshot (counters);
+    if (snap != NULL)
+      client_unsynced = false;
+  }
   pthread_mutex_unlock (&lock);
-  if (snap == NULL) {
+  if (bitmap && snap == NULL) {
     *err = ENOMEM;
     nbdkit_error ("relocate: malloc: %m");
-    pthread_mutex_unlock (&persist_lock);
     return -1;
   }
   /* The data first: no bit may reach the bitmap file before the
@@ -926,18 +953,37 @@ blk_flush (int *err)
     sync_failed = true;
     r = -1;
   }
-  else if (bitmap_write_snapshot (snap) == -1) {
+  else if (snap && bitmap_write_snapshot (snap) == -1) {
     *err = errno;
     r = -1;
   }
-  if (r == -1) {
+  if (snap) {
     pthread_mutex_lock (&lock);
-    bitmap_restore_snapshot (snap);
+    if (r == -1) {
+      bitmap_restore_snapshot (snap);
+      client_unsynced = true;
+    }
+    else {
+      bitmap_snapshot_durable (snap);
+      if (bitmap_durable_count () == blk_nblocks)
+        __atomic_store_n (&all_durable, true, __ATOMIC_RELEASE);
+    }
     pthread_mutex_unlock (&lock);
   }
   bitmap_free_snapshot (snap);
-  pthread_mutex_unlock (&persist_lock);
   return r;
+}
+
+int
+blk_flush (int *err)
+{
+  return flush (false, err);
+}
+
+int
+blk_flush_client (int *err)
+{
+  return flush (true, err);
 }
 
 int

@@ -55,6 +55,13 @@ int blk_extents (uint32_t count, uint64_t offset,
  */
 int blk_flush (int *err);
 
+/* A client's flush: what the client wrote so far durable.  The bitmap
+ * is written only if a client write needs it (it made a block present,
+ * or changed one whose bit was not durable yet); fetched blocks alone
+ * can be fetched again.
+ */
+int blk_flush_client (int *err);
+
 /* Set a bitmap header flag and make it durable with blk_flush. */
 int blk_persist_flag (uint32_t flag);
 

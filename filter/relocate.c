@@ -290,7 +290,7 @@ relocate_flush (nbdkit_next *next, void *h, uint32_t flags, int *err)
 {
   if (state_get () == STATE_STANDBY)
     return 0;                   /* nothing stored yet */
-  return blk_flush (err);
+  return blk_flush_client (err);
 }
 
 static int

@@ -245,3 +245,21 @@ client_busy ()
 sys.exit(not (p["connected"] and p["generation"] >= int(sys.argv[2])
               and p["acked_this_generation"] >= int(sys.argv[3])))' "$1/progress" "$2" "$3"
 }
+
+# use_powercut_shim: build tests/powercut-shim.c; from now on, while
+# the array shim_vars is not empty, the nbdkit that start_server runs
+# (and only it) gets the shim, after the sanitizer runtime (which must
+# come first), and shim_vars in its environment.
+use_powercut_shim ()
+{
+    unset POWERCUT_DIR POWERCUT_LOG POWERCUT_BOOT_ID
+    cc -shared -fPIC -O2 -o "$tmp/shim.so" "$srcdir/tests/powercut-shim.c" \
+        -ldl -lpthread || fail "cannot build the shim"
+    shim_vars=()
+    nbdkit ()
+    {
+        local pre=${SANITIZER_PRELOAD:-}
+        [ ${#shim_vars[@]} -eq 0 ] || pre="${pre:+$pre }$tmp/shim.so"
+        env ${pre:+"LD_PRELOAD=$pre"} "${shim_vars[@]}" nbdkit "$@"
+    }
+}

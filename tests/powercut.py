@@ -2,7 +2,8 @@
 """Power-cut model for tests/test-powercut.sh.
 
 powercut.py build SNAPDIR MANIFEST LOG LIVEDIR OUTDIR SEED
-    Build in OUTDIR what a disk might hold after a power cut, from
+    Build in OUTDIR what a disk might hold after a power cut (with SEED
+    "drop-all": the disk that kept nothing unsynced), from
     SNAPDIR (a copy of the directory as it was before the shimmed run),
     MANIFEST ("INODE NAME" per line for the directory "." and each file
     of the directory at that time), LOG (tests/powercut-shim.c's log and
@@ -59,8 +60,17 @@ def read_log(path):
     return recs
 
 
+class DropAll:
+    """In place of random.Random: every change not yet synced is lost."""
+    def random(self):
+        return 1.0
+
+    def randint(self, a, b):
+        return a
+
+
 def build(snapdir, manifest, log_path, livedir, outdir, seed):
-    rng = random.Random(seed)
+    rng = DropAll() if seed == "drop-all" else random.Random(seed)
     recs = read_log(log_path)
     data = open(log_path + ".data", "rb")
 
@@ -265,7 +275,8 @@ def adopt(uri, oracle_path, log_path, seed):
 def main():
     cmd = sys.argv[1]
     if cmd == "build":
-        build(*sys.argv[2:7], int(sys.argv[7]))
+        seed = sys.argv[7]
+        build(*sys.argv[2:7], seed if seed == "drop-all" else int(seed))
     elif cmd == "adopt":
         adopt(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:

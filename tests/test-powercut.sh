@@ -18,21 +18,7 @@ rounds=${POWERCUT_ROUNDS:-6}
 seed=${POWERCUT_SEED:-$RANDOM}
 echo "power-cut test: seed $seed, $rounds rounds"
 RANDOM=$seed
-unset POWERCUT_DIR POWERCUT_LOG POWERCUT_BOOT_ID
-
-cc -shared -fPIC -O2 -o "$tmp/shim.so" "$srcdir/tests/powercut-shim.c" \
-    -ldl -lpthread || fail "cannot build the shim"
-
-# While shim_vars is set, the nbdkit that start_server runs (and only
-# it: not the helpers start_dest runs) gets the shim and those
-# variables, after the sanitizer runtime, which must come first.
-shim_vars=()
-nbdkit ()
-{
-    local pre=${SANITIZER_PRELOAD:-}
-    [ ${#shim_vars[@]} -eq 0 ] || pre="${pre:+$pre }$tmp/shim.so"
-    env ${pre:+"LD_PRELOAD=$pre"} "${shim_vars[@]}" nbdkit "$@"
-}
+use_powercut_shim
 # A boot id per run, never the same twice: every restart follows a reboot.
 boot_id () { printf '%08x-%04x-4000-8000-%012x' "$seed" "$1" "$2"; }
 
