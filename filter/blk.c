@@ -53,12 +53,12 @@ static uint64_t demand_hint;            /* atomic */
  */
 static bool all_present;                /* atomic */
 
-/* Once, further, every bit is durable, writes skip it too.  Until
- * then a client write to a block whose bit is not durable sets
- * client_unsynced (under lock): the client's next flush must write
- * the bitmap.  Other flushes by the client only sync the local file:
- * bits set by fetches need not be durable, a block whose bit is lost
- * is fetched again.
+/* Writes skip it only once every bit is durable too.  Until then a
+ * client write into a block whose bit is not durable sets
+ * client_unsynced (under lock): the client's next flush must write the
+ * bitmap.  Other client flushes only sync the local file: bits set by
+ * fetches need not be durable, a block whose bit is lost is fetched
+ * again.
  */
 static bool all_durable;                /* atomic */
 static bool client_unsynced;
