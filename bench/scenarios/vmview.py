@@ -60,7 +60,7 @@ def one(b, img, local, size, region, rt, net, where, rw, qd, fsync):
         b.relocatectl("dst", "pause")
         fio.run(b.tmp, uri, "read", 1 * MiB, 8, region,
                 prefix=b.pin("dest", []))
-        rounds = max(1, round(rt / SEGMENT))
+        rounds = max(1, rt // SEGMENT)
         order = [("paused", "copying")[(i + i // 2) % 2]
                  for i in range(2 * rounds)]
         offs = {"paused": 0, "copying": 0}
@@ -86,7 +86,7 @@ def one(b, img, local, size, region, rt, net, where, rw, qd, fsync):
         paused = side == "paused"
         st0, t0 = b.status("dst"), time.monotonic()
         runs[side].append(fio.run(b.tmp, uri, rw, 4 * KiB, qd, span,
-                                  max(1, round(rt / rounds)),
+                                  max(1, rt // rounds),
                                   offset=offs[side], fsync=fsync,
                                   prefix=b.pin("dest", []), bins=True))
         st1, t1 = b.status("dst"), time.monotonic()
