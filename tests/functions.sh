@@ -263,3 +263,19 @@ use_powercut_shim ()
         env ${pre:+"LD_PRELOAD=$pre"} "${shim_vars[@]}" nbdkit "$@"
     }
 }
+
+# running PID [MARKER]: alive, not a zombie (a keeper whose parent has
+# exited is reaped by init, which in a container may never do it), and
+# (if given) MARKER in its command line (a reused pid is never
+# signalled).  /proc is read once: a process may go between two reads.
+running ()
+{
+    local st cmd
+    st=$(cat "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] || return 1
+    st=${st##*) }
+    [ "${st:0:1}" != Z ] || return 1
+    [ -z "${2:-}" ] && return 0
+    cmd=$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null) || return 1
+    [[ $cmd == *"$2"* ]]
+}
+stopped () { ! running "$1"; }

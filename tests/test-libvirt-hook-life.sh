@@ -53,9 +53,6 @@ migrate_in ()
     "$HOOK" "$1" prepare begin - < "$3"
 }
 sock_of () { $PY -c 'import sys,xml.etree.ElementTree as E; print(E.parse(sys.argv[1]).getroot().find(".//source/host").get("socket") or "")' "$1"; }
-# running PID: alive and not a zombie (a keeper whose parent, the hook,
-# has exited is reaped by init, which in a container may never do it).
-running () { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -c1)" != Z ]; }
 nbdkit_pid () { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$1/pids.json"; }
 
 # ---- only start modes safe during a live migration ----
@@ -333,7 +330,7 @@ pass "A -> B -> C -> B with B's first copy incomplete: its server kept serving f
 # Nothing of ours still runs.
 for f in "$tmp"/root*/*/vda/pids.json "$tmp"/root*/*/attic/*/pids.json; do
     for p in $($PY -c 'import json,sys; print(*json.load(open(sys.argv[1])).values())' "$f"); do
-        ! running "$p" || fail "$p ($f) still runs"
+        wait_for stopped "$p" || fail "$p ($f) still runs"
     done
 done
 pass "no relocation server or keeper is left"

@@ -71,18 +71,6 @@ for _ in range(200):
 EOF
 }
 
-# running PID [MARKER]: alive, not a zombie, and (if given) MARKER in
-# its command line (a reused pid is never signalled).
-running ()
-{
-    local st cmd
-    st=$(cat "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] || return 1
-    st=${st##*) }
-    [ "${st:0:1}" != Z ] || return 1
-    [ -z "${2:-}" ] && return 0
-    cmd=$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null) || return 1
-    [[ $cmd == *"$2"* ]]
-}
 # kill_pid PID MARKER: TERM, then KILL after 10 s.
 kill_pid ()
 {
