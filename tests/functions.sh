@@ -28,15 +28,19 @@ fi
 # NBDKIT as shell words (quoted), for the scripts that tests write.
 nbdkit_words () { printf '%q ' "${NBDKIT[@]}"; }
 
-# stop_hook_servers: what the libvirt hook started under $tmp (nbdkit
-# and its keeper, in each pids.json), killed by pid if its command line
-# names $tmp: a hook test that fails half-way leaves nothing running.
+# hook_pids FILE: the pids in a pids.json the libvirt hook wrote
+# (nbdkit and its keeper).
+hook_pids () { $PY -c 'import json, sys; print(*json.load(open(sys.argv[1])).values())' "$1"; }
+
+# stop_hook_servers: what the libvirt hook started under $tmp, killed
+# by pid if its command line names $tmp: a hook test that fails
+# half-way leaves nothing running.
 stop_hook_servers ()
 {
     local f p
     while read -r f; do
-        for p in $($PY -c 'import json, sys; print(*json.load(open(sys.argv[1])).values())' "$f" 2>/dev/null); do
-            if grep -qsF "$tmp" "/proc/$p/cmdline"; then
+        for p in $(hook_pids "$f" 2>/dev/null); do
+            if running "$p" "$tmp"; then
                 kill -KILL "$p" 2>/dev/null || :
             fi
         done

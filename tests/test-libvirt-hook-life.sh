@@ -329,7 +329,7 @@ pass "A -> B -> C -> B with B's first copy incomplete: its server kept serving f
 
 # Nothing of ours still runs.
 for f in "$tmp"/root*/*/vda/pids.json "$tmp"/root*/*/attic/*/pids.json; do
-    for p in $($PY -c 'import json,sys; print(*json.load(open(sys.argv[1])).values())' "$f"); do
+    for p in $(hook_pids "$f"); do
         wait_for stopped "$p" || fail "$p ($f) still runs"
     done
 done
