@@ -252,7 +252,14 @@ execute (const char *line, GString *out)
   case CMD_RESUME: state_set_paused (false); bgcopy_kick (); break;
   case CMD_RATE: state_set_rate (cmd.rate); bgcopy_kick (); break;
   case CMD_RECONNECT: upstream_reconnect (); break;
-  case CMD_RETRY: blk_retry_failed (); bgcopy_kick (); break;
+  case CMD_RETRY:
+    /* Not failed until a fetch fails again: a wait right after the
+     * retry must not see the failure it answers.
+     */
+    blk_retry_failed ();
+    state_clear_failure (FAILURE_BLOCKS);
+    bgcopy_kick ();
+    break;
   }
   g_string_append (out, "{\"ok\":true}");
 }
