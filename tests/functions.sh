@@ -250,15 +250,14 @@ sys.exit(not (p["connected"] and p["generation"] >= int(sys.argv[2])
               and p["acked_this_generation"] >= int(sys.argv[3])))' "$1/progress" "$2" "$3"
 }
 
-# use_powercut_shim: build tests/powercut-shim.c; from now on, while
-# the array shim_vars is not empty, the nbdkit that start_server runs
-# (and only it) gets the shim, after the sanitizer runtime (which must
-# come first), and shim_vars in its environment.
-use_powercut_shim ()
+# use_shim FILE.c: build tests/FILE.c (an LD_PRELOAD shim); from now
+# on, while the array shim_vars is not empty, the nbdkit that
+# start_server runs (and only it) gets the shim, after the sanitizer
+# runtime (which must come first), and shim_vars in its environment.
+use_shim ()
 {
-    unset POWERCUT_DIR POWERCUT_LOG POWERCUT_BOOT_ID
-    cc -shared -fPIC -O2 -o "$tmp/shim.so" "$srcdir/tests/powercut-shim.c" \
-        -ldl -lpthread || fail "cannot build the shim"
+    cc -shared -fPIC -O2 -o "$tmp/shim.so" "$srcdir/tests/$1" \
+        -ldl -lpthread || fail "cannot build the shim $1"
     shim_vars=()
     nbdkit ()
     {
@@ -266,6 +265,14 @@ use_powercut_shim ()
         [ ${#shim_vars[@]} -eq 0 ] || pre="${pre:+$pre }$tmp/shim.so"
         env ${pre:+"LD_PRELOAD=$pre"} "${shim_vars[@]}" nbdkit "$@"
     }
+}
+
+# use_powercut_shim: use_shim tests/powercut-shim.c, with none of its
+# variables inherited.
+use_powercut_shim ()
+{
+    unset POWERCUT_DIR POWERCUT_LOG POWERCUT_BOOT_ID
+    use_shim powercut-shim.c
 }
 
 # running PID [MARKER]: alive, not a zombie (a keeper whose parent has
