@@ -263,6 +263,7 @@ do_status (const char *path)
       *z = human (num (h, "skipped_zero_bytes")),
       *w = human (num (h, "written_bytes")),
       *r = human (num (h, "rate")),
+      *pc = human (num (h, "pace_cap")),
       *cur = human (num (h, "current_bytes_per_second")),
       *avg = human (num (h, "average_bytes_per_second")),
       *eta = format_eta (get (h, "eta_seconds"));
@@ -281,6 +282,9 @@ do_status (const char *path)
       printf ("rate cap:   %s/s\n", r);
     else
       printf ("rate cap:   unlimited\n");
+    if (num (h, "pace_cap") > 0)
+      printf ("pacing:     %s/s while the guest flushes (its flushes "
+              "%.2f x slower copying than held)\n", pc, num (h, "pace_ratio"));
     printf ("upstream:   %.0f of %.0f connections up%s%s\n",
             num (h, "connections"), num (h, "connections_wanted"),
             *get (h, "last_error") ? "; last error: " : "",

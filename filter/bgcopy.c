@@ -19,6 +19,7 @@
 #include "bitmap.h"
 #include "bgcopy.h"
 #include "lock.h"
+#include "pace.h"
 #include "blk.h"
 #include "upstream.h"
 
@@ -174,21 +175,33 @@ mapper (void *arg)
   return arg;
 }
 
+/* The tighter of the operator's rate cap and pacing's; 0 = none. */
+static uint64_t
+rate_cap (void)
+{
+  uint64_t r = state_rate (), p = pace_cap ();
+
+  return r == 0 ? p : p == 0 ? r : MIN (r, p);
+}
+
 /* How long a worker must wait before it may send a request: it
- * yields to the guest (while the guest does I/O only a quarter of the
- * workers may have a request in flight), to the rate cap, and to a
- * source that is away.  0 = go now; caller holds lock.
+ * yields to the guest (while the guest does I/O only an eighth of the
+ * workers may have a request in flight, and none during a pacing
+ * hold), to the rate cap, and to a source that is away.  0 = go now;
+ * caller holds lock.
  */
 static unsigned
 wait_ms_locked (void)
 {
-  uint64_t rate = state_rate ();
+  uint64_t rate = rate_cap ();
   double t;
 
   if (!copying ())
     return 1000;
   if (inflight >= QUIET_WORKERS (cfg.workers) && state_client_active ())
     return 5;
+  if (pace_hold ())
+    return 10;
   if (!upstream_connected ())
     return 500;
   t = state_now ();
@@ -229,7 +242,7 @@ worker (void *arg)
       wait_kick (20);           /* the rest is busy, unmapped or present */
       continue;
     }
-    rate = state_rate ();
+    rate = rate_cap ();
     if (rate > 0)
       rate_next_free = MAX (state_now (), rate_next_free) + (double) n * blk_size / rate;
     inflight++;
@@ -339,6 +352,7 @@ coordinator (void *arg)
     samples[next_sample].present = blk_present_bytes ();
     next_sample = (next_sample + 1) % SAMPLES;
     nsamples = MIN (nsamples + 1, SAMPLES);
+    pace_tick (copying (), inflight == 0);
     if (state_get () == STATE_RELOCATING) {
       pthread_mutex_unlock (&lock);
       blk_save_counters ();

@@ -17,6 +17,7 @@
 #include "bitmap.h"
 #include "blk.h"
 #include "lock.h"
+#include "pace.h"
 #include "params.h"
 #include "state.h"
 #include "upstream.h"
@@ -983,7 +984,12 @@ blk_flush (int *err)
 int
 blk_flush_client (int *err)
 {
-  return flush (true, err);
+  double started = state_now ();
+
+  if (flush (true, err) == -1)
+    return -1;
+  pace_flush (started, state_now () - started);
+  return 0;
 }
 
 int

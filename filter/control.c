@@ -18,6 +18,7 @@
 #include <nbdkit-filter.h>
 
 #include "params.h"
+#include "pace.h"
 #include "state.h"
 #include "blk.h"
 #include "bgcopy.h"
@@ -206,6 +207,8 @@ reply_status (GString *out)
   g_string_append_printf (out, ",\"background\":%s",
                           cfg.background ? "true" : "false");
   g_string_append_printf (out, ",\"rate\":%" PRIu64, state_rate ());
+  g_string_append_printf (out, ",\"pace_cap\":%" PRIu64, pace_cap ());
+  g_string_append_printf (out, ",\"pace_ratio\":%.2f", pace_ratio ());
   g_string_append_printf (out, ",\"upstream_connected\":%s",
                           up > 0 ? "true" : "false");
   g_string_append_printf (out, ",\"connections\":%u", up);

@@ -22,6 +22,7 @@ struct config cfg = {
   .request_size = 4 * 1024 * 1024,
   .timeout = 60,
   .sync_interval = 5,
+  .pace = 1.5,
   .readahead = 4 * 1024 * 1024,
   .zero_detect = true,
   .direct = true,
@@ -90,6 +91,24 @@ parse_size32 (const char *key, const char *value, int64_t min, int64_t max,
   if (parse_size (key, value, min, max, &sz) == -1)
     return -1;
   *out = sz;
+  return 0;
+}
+
+/* relocate-pace: 0 (off), or a factor of at least 1.1. */
+static int
+parse_pace (const char *key, const char *value, double *out)
+{
+  char *end;
+  double d;
+
+  errno = 0;
+  d = g_ascii_strtod (value, &end);
+  if (errno || end == value || *end || !(d == 0 || (d >= 1.1 && d <= 100))) {
+    nbdkit_error ("%s=%s: must be 0 (off) or a factor between 1.1 and 100",
+                  key, value);
+    return -1;
+  }
+  *out = d;
   return 0;
 }
 
@@ -182,6 +201,8 @@ params_set (const char *key, const char *value)
     return parse_unsigned (key, value, 1, 3600, &cfg.sync_interval);
   if (strcmp (key, "relocate-rate") == 0)
     return parse_size (key, value, 0, INT64_MAX, &cfg.rate);
+  if (strcmp (key, "relocate-pace") == 0)
+    return parse_pace (key, value, &cfg.pace);
   if (strcmp (key, "relocate-request-size") == 0)
     return parse_size32 (key, value, 4096, MAX_SIZE, &cfg.request_size);
   if (strcmp (key, "relocate-readahead") == 0)

@@ -27,6 +27,7 @@ struct config {
   unsigned connections;        /* relocate-connections */
   uint32_t request_size;       /* relocate-request-size */
   uint64_t rate;               /* relocate-rate, initial, 0 = unlimited */
+  double pace;                 /* relocate-pace, 0 = off */
   uint32_t readahead;          /* relocate-readahead, max demand window */
   bool zero_detect;            /* relocate-zero-detect */
   bool direct;                 /* relocate-direct */
@@ -62,6 +63,8 @@ int params_complete (void);
   "relocate-connections=N     Connections to the source (default 4).\n" \
   "relocate-request-size=SIZE Background request size (default 4M).\n" \
   "relocate-rate=SIZE         Background bytes per second (0 = unlimited).\n" \
+  "relocate-pace=FACTOR       Slow the copy while it makes the guest's\n" \
+  "                           flushes this much slower (default 1.5, 0 = off).\n" \
   "relocate-readahead=SIZE    Max readahead for sequential reads (default 4M).\n" \
   "relocate-zero-detect=BOOL  Store fetched zero blocks as holes (default true).\n" \
   "relocate-direct=BOOL       Write fetched data with O_DIRECT (default true).\n" \

@@ -47,6 +47,10 @@ expect_refusal "relocate-request-size=64M: must be between 4096 and 33554432 byt
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-request-size=64M
 expect_refusal "relocate-workers=0: must be between 1 and 64" \
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-workers=0
+expect_refusal "relocate-pace=1: must be 0 (off) or a factor between 1.1 and 100" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-pace=1
+expect_refusal "relocate-pace=fast: must be 0 (off) or a factor" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-pace=fast
 expect_refusal "relocate-wrokers: unknown parameter" \
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-wrokers=4
 
