@@ -339,7 +339,7 @@ report_failed_blocks (void)
   state_set_failure (FAILURE_BLOCKS, why->str);
 }
 
-/* Sync every relocate-sync-interval seconds; complete at the end. */
+/* Pace; sync every relocate-sync-interval seconds; complete at the end. */
 static void *
 coordinator (void *arg)
 {
@@ -348,13 +348,16 @@ coordinator (void *arg)
 
   pthread_mutex_lock (&lock);
   while (!stopping) {
+    bool relocating = state_get () == STATE_RELOCATING;
+    bool running = copying (), idle = inflight == 0;
+
     samples[next_sample].t = state_now ();
     samples[next_sample].present = blk_present_bytes ();
     next_sample = (next_sample + 1) % SAMPLES;
     nsamples = MIN (nsamples + 1, SAMPLES);
-    pace_tick (copying (), inflight == 0);
-    if (state_get () == STATE_RELOCATING) {
-      pthread_mutex_unlock (&lock);
+    pthread_mutex_unlock (&lock);
+    pace_tick (relocating, running, idle);
+    if (relocating) {
       blk_save_counters ();
       if (blk_present_blocks () == blk_nblocks)
         complete ();
@@ -364,8 +367,8 @@ coordinator (void *arg)
             blk_flush (&err) == 0)
           last_sync = state_now ();
       }
-      pthread_mutex_lock (&lock);
     }
+    pthread_mutex_lock (&lock);
     if (!stopping)
       wait_kick (50);
   }

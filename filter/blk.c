@@ -984,12 +984,11 @@ blk_flush (int *err)
 int
 blk_flush_client (int *err)
 {
-  double started = state_now ();
+  double started = pace_flush_begin ();
+  int r = flush (true, err);
 
-  if (flush (true, err) == -1)
-    return -1;
-  pace_flush (started, state_now () - started);
-  return 0;
+  pace_flush_end (started, r == 0);
+  return r;
 }
 
 int

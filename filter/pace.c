@@ -25,10 +25,10 @@
 #define MIN_FLUSHES 20        /* fewer in a round or baseline: no decision */
 #define TAIL_FLUSHES 200      /* with this many on both sides p99, else p90 */
 #define BASE_KEEP 2000        /* baseline flushes kept, the newest */
-#define ROUND_KEEP 100000     /* flushes kept per round, the first */
-#define CUT 0.7               /* multiplicative decrease */
-#define RAISE 0.1             /* additive increase, a tenth of the cap */
-#define MIN_STEP (UINT64_C (1) << 20)  /* bytes/s, at least */
+#define ROUND_KEEP 20000      /* flushes kept per round, the first */
+#define CUT 0.7               /* a cut leaves this much of the rate */
+#define RAISE 0.1             /* a raise adds this much of the cap ... */
+#define MIN_STEP (UINT64_C (1) << 20)  /* ... and at least this, bytes/s */
 #define FLOOR (UINT64_C (4) << 20)     /* bytes/s: the copy always moves */
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -41,11 +41,13 @@ static enum { COPYING, DRAINING, HOLDING } phase;
 static double phase_start;         /* when DRAINING or HOLDING began */
 static double next_hold;           /* 0: at once */
 static double last_tick, last_flush = -1e9;
+static unsigned flushing;          /* client flushes in progress */
 static bool running, drained;      /* as of the last tick */
 
 static double base[BASE_KEEP];     /* ring of baseline latencies */
 static unsigned base_len, base_next;
-static GArray *round_lat;          /* this round's latencies */
+static double round_lat[ROUND_KEEP]; /* this round's latencies */
+static unsigned round_len;
 static double round_seconds;       /* copying and draining time in this round */
 static uint64_t round_fetched;     /* fetched_background when it began */
 
@@ -68,97 +70,102 @@ quantile (double *v, size_t n, double q)
   return v[MIN (n - 1, (size_t) (n * q))];
 }
 
+/* Caller holds lock. */
 static void
 new_round (void)
 {
-  if (round_lat == NULL)
-    round_lat = g_array_new (FALSE, FALSE, sizeof (double));
-  g_array_set_size (round_lat, 0);
+  round_len = 0;
   round_seconds = 0;
   round_fetched = STAT_GET (fetched_background);
 }
 
-/* The guest is not flushing, or pacing is off: no cap, and a fresh
- * baseline when it flushes again.  Caller holds lock.
+/* The guest is not flushing, the relocation is not running, or pacing
+ * is off: no cap, and a hold as soon as the guest flushes again.  The
+ * baseline stays (the newest flushes replace it).  Caller holds lock.
  */
 static void
 reset_locked (void)
 {
   if (cap)
-    nbdkit_debug ("relocate: pacing: the guest stopped flushing, "
-                  "the copy's cap is lifted");
+    nbdkit_debug ("relocate: pacing: the guest stopped flushing or the "
+                  "copy stopped: its cap is lifted");
   cap = 0;
   ratio = 0;
   phase = COPYING;
   next_hold = 0;
-  base_len = base_next = 0;
   new_round ();
 }
 
-/* Compare the round's flush tail with the baseline's; cut or raise
- * the cap.  Caller holds lock.
+/* Cut or raise the cap after a round whose flush tail was r times the
+ * baseline's, while the copy moved rate bytes/s.  Caller holds lock.
  */
 static void
-decide_locked (void)
+decide_locked (double r, double rate)
 {
-  double rate = round_seconds > 0
-    ? (STAT_GET (fetched_background) - round_fetched) / round_seconds : 0;
-  double b[BASE_KEEP], q, copying_tail, base_tail;
-  size_t n = round_lat->len;
   uint64_t was = cap;
 
-  if (n < MIN_FLUSHES || base_len < MIN_FLUSHES)
-    return;
-  q = n >= TAIL_FLUSHES && base_len >= TAIL_FLUSHES ? 0.99 : 0.9;
-  memcpy (b, base, base_len * sizeof *b);
-  base_tail = quantile (b, base_len, q);
-  copying_tail = quantile ((double *) (void *) round_lat->data, n, q);
-  if (base_tail <= 0)
-    return;
-  ratio = copying_tail / base_tail;
-  if (ratio > cfg.pace) {
+  ratio = r;
+  if (r > cfg.pace) {
     if (cap == 0 || rate < cap)
       cap = rate;
     cap = MAX (FLOOR, (uint64_t) (cap * CUT));
   }
-  else if (cap)
+  else if (cap) {
+    /* Never far above what the copy uses, so a cut bites at once. */
     cap += MAX (MIN_STEP, (uint64_t) (cap * RAISE));
+    cap = MIN (cap, MAX (FLOOR, (uint64_t) (2 * rate)));
+  }
   if (cap != was)
-    nbdkit_debug ("relocate: pacing: flush p%.0f %.0f us copying at "
-                  "%.1f MiB/s, %.0f us held (%.2f x): cap %.1f MiB/s",
-                  q * 100, copying_tail * 1e6, rate / 1048576,
-                  base_tail * 1e6, ratio, cap / 1048576.);
+    nbdkit_debug ("relocate: pacing: flushes %.2f x slower copying at "
+                  "%.1f MiB/s than held: cap %.1f MiB/s",
+                  r, rate / 1048576, cap / 1048576.);
 }
 
-void
-pace_flush (double started, double seconds)
+double
+pace_flush_begin (void)
 {
   LOCK_FOR_SCOPE (&lock);
 
-  if (cfg.pace == 0)
+  flushing++;
+  return state_now ();
+}
+
+void
+pace_flush_end (double started, bool ok)
+{
+  LOCK_FOR_SCOPE (&lock);
+  double now = state_now ();
+
+  flushing--;
+  last_flush = MAX (last_flush, now);
+  if (cfg.pace == 0 || !ok)
     return;
-  last_flush = started + seconds;
   if ((phase == HOLDING && started >= phase_start) || (!running && drained)) {
-    base[base_next] = seconds;
+    base[base_next] = now - started;
     base_next = (base_next + 1) % BASE_KEEP;
     base_len = MIN (base_len + 1, BASE_KEEP);
   }
-  else if (phase == COPYING && running && round_lat &&
-           round_lat->len < ROUND_KEEP)
-    g_array_append_val (round_lat, seconds);
+  else if (phase == COPYING && running && round_len < ROUND_KEEP)
+    round_lat[round_len++] = now - started;
 }
 
-void
-pace_tick (bool copying, bool idle)
+/* Advance the phases; at the end of a round copy its flushes and the
+ * baseline's into r and b (sized ROUND_KEEP, BASE_KEEP) for
+ * pace_tick to compare, and return how many of each.  Caller holds
+ * lock.
+ */
+static void
+advance_locked (bool relocating, bool copying, bool idle, double *r,
+                size_t *nr, double *b, size_t *nb, double *rate)
 {
-  LOCK_FOR_SCOPE (&lock);
   double now = state_now ();
   double dt = last_tick > 0 ? now - last_tick : 0;
 
   last_tick = now;
   running = copying;
   drained = idle;
-  if (cfg.pace == 0 || now - last_flush > IDLE_SECONDS) {
+  if (cfg.pace == 0 || !relocating ||
+      (flushing == 0 && now - last_flush > IDLE_SECONDS)) {
     reset_locked ();
     return;
   }
@@ -172,9 +179,15 @@ pace_tick (bool copying, bool idle)
       break;
     }
     round_seconds += dt;
-    if ((round_seconds >= ROUND_SECONDS && round_lat->len >= MIN_FLUSHES) ||
+    if ((round_seconds >= ROUND_SECONDS && round_len >= MIN_FLUSHES) ||
         round_seconds >= ROUND_SECONDS_MAX) {
-      decide_locked ();
+      if (round_len >= MIN_FLUSHES && base_len >= MIN_FLUSHES) {
+        *nr = round_len;
+        memcpy (r, round_lat, round_len * sizeof *r);
+        *nb = base_len;
+        memcpy (b, base, base_len * sizeof *b);
+        *rate = (STAT_GET (fetched_background) - round_fetched) / round_seconds;
+      }
       new_round ();
     }
     break;
@@ -195,6 +208,33 @@ pace_tick (bool copying, bool idle)
       next_hold = now + HOLD_EVERY;
     }
     break;
+  }
+}
+
+void
+pace_tick (bool relocating, bool copying, bool idle)
+{
+  /* Only the coordinator calls this: the copies are its own, and no
+   * reset comes between the two locked parts.
+   */
+  static double r[ROUND_KEEP], b[BASE_KEEP];
+  size_t nr = 0, nb = 0;
+  double rate = 0, q, base_tail;
+
+  {
+    LOCK_FOR_SCOPE (&lock);
+    advance_locked (relocating, copying, idle, r, &nr, b, &nb, &rate);
+  }
+  if (nr == 0)
+    return;
+  /* Sorted without the lock: client flushes must not wait for it. */
+  q = nr >= TAIL_FLUSHES && nb >= TAIL_FLUSHES ? 0.99 : 0.9;
+  base_tail = quantile (b, nb, q);
+  if (base_tail > 0) {
+    double tail = quantile (r, nr, q);
+    LOCK_FOR_SCOPE (&lock);
+
+    decide_locked (tail / base_tail, rate);
   }
 }
 

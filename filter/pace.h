@@ -15,8 +15,8 @@
  * Bottom layer beside state.c: depends on params.c and state.c only;
  * blk.c reports flushes, bgcopy.c asks for the hold and the cap and
  * drives the rounds, control.c shows the outcome.  Every function
- * takes pacing's own lock for its own scope and calls nothing that
- * locks.
+ * takes pacing's own lock for its own scope and calls no other lock of
+ * the filter's.
  */
 
 #ifndef RELOCATE_PACE_H
@@ -25,14 +25,18 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* A client flush that began at started (state_now) took seconds. */
-void pace_flush (double started, double seconds);
+/* A client flush begins: returns when, for pace_flush_end. */
+double pace_flush_begin (void);
 
-/* Advance the rounds and the holds; the coordinator calls it every
- * pass.  copying: the background copy is running (not paused); idle:
- * it has no request in flight.
+/* It ended; ok: it succeeded (only those are timed). */
+void pace_flush_end (double started, bool ok);
+
+/* Advance the holds and rounds, and decide; only the coordinator
+ * calls it, every pass.  relocating: in STATE_RELOCATING; copying: the
+ * background copy runs (not paused); idle: it has no request in
+ * flight.
  */
-void pace_tick (bool copying, bool idle);
+void pace_tick (bool relocating, bool copying, bool idle);
 
 /* Should the background copy start no new request now (a hold)? */
 bool pace_hold (void);

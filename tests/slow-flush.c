@@ -9,6 +9,7 @@
 
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -18,13 +19,15 @@
 
 static bool written;                    /* atomic: an O_DIRECT write since the last sync */
 
+/* After a write: if it wrote with O_DIRECT, the next sync pays. */
 static void
 note (int fd, ssize_t r)
 {
-  int fl = fcntl (fd, F_GETFL);
+  int e = errno, fl;
 
-  if (r > 0 && fl != -1 && (fl & O_DIRECT))
+  if (r > 0 && (fl = fcntl (fd, F_GETFL)) != -1 && (fl & O_DIRECT))
     __atomic_store_n (&written, true, __ATOMIC_RELAXED);
+  errno = e;
 }
 
 static void
