@@ -42,7 +42,7 @@ static double phase_start;         /* when DRAINING or HOLDING began */
 static double next_hold;           /* 0: at once */
 static double last_tick, last_flush = -1e9;
 static unsigned flushing;          /* client flushes in progress */
-static bool running, drained;      /* as of the last tick */
+static bool relocating_now, running, drained; /* as of the last tick */
 
 static double base[BASE_KEEP];     /* ring of baseline latencies */
 static unsigned base_len, base_next;
@@ -138,8 +138,8 @@ pace_flush_end (double started, bool ok)
 
   flushing--;
   last_flush = MAX (last_flush, now);
-  if (cfg.pace == 0 || !ok)
-    return;
+  if (cfg.pace == 0 || !ok || !relocating_now)
+    return;                     /* in standby a flush has little to sync */
   if ((phase == HOLDING && started >= phase_start) || (!running && drained)) {
     base[base_next] = now - started;
     base_next = (base_next + 1) % BASE_KEEP;
@@ -162,6 +162,7 @@ advance_locked (bool relocating, bool copying, bool idle, double *r,
   double dt = last_tick > 0 ? now - last_tick : 0;
 
   last_tick = now;
+  relocating_now = relocating;
   running = copying;
   drained = idle;
   if (cfg.pace == 0 || !relocating ||
