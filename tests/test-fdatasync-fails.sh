@@ -7,17 +7,12 @@
 # took again.)
 source "$(dirname "$0")/functions.sh"
 
-cc -shared -fPIC -O2 -o "$tmp/fail-fdatasync.so" \
-    "$srcdir/tests/fail-fdatasync.c" -ldl || fail "cannot build the shim"
+use_shim fail-fdatasync.c
 random_image "$tmp/src.img" 8
 start_source src "$tmp/src.img"
-# The shim goes into the destination only (with a sanitizer build,
-# functions.sh's nbdkit wrapper preloads SANITIZER_PRELOAD instead).
-shim="$tmp/fail-fdatasync.so"
-SANITIZER_PRELOAD="${SANITIZER_PRELOAD:+$SANITIZER_PRELOAD }$shim" \
-LD_PRELOAD="$shim" FAIL_FDATASYNC_PATH="$tmp/dst.img" \
-FAIL_FDATASYNC_WHEN="$tmp/fail-now" \
-    start_dest dst src "$tmp/dst.img" relocate-start=on-write relocate-timeout=3
+# The shim goes into the destination only.
+shim_vars=("FAIL_FDATASYNC_PATH=$tmp/dst.img" "FAIL_FDATASYNC_WHEN=$tmp/fail-now")
+start_dest dst src "$tmp/dst.img" relocate-start=on-write relocate-timeout=3
 touch "$tmp/fail-now"
 
 timeout 20 $PY - "$(uri dst)" <<'PYEOF' || fail "the first write did not fail at once with EIO"
