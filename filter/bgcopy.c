@@ -193,7 +193,7 @@ rate_cap (void)
 static unsigned
 wait_ms_locked (void)
 {
-  uint64_t rate = rate_cap ();
+  uint64_t rate;
   double t;
 
   if (!copying ())
@@ -205,6 +205,7 @@ wait_ms_locked (void)
   if (!upstream_connected ())
     return 500;
   t = state_now ();
+  rate = rate_cap ();
   if (rate > 0 && rate_next_free > t)
     return MAX (1, (unsigned) ((rate_next_free - t) * 1000));
   return 0;
