@@ -166,10 +166,11 @@ setup_host ()   # NAME HOST_UUID
     # lines below are Debian's defaults, whatever this machine's own
     # configuration says; no domain, network or pool is defined.
     mkdir -p "$h/etc/hooks/qemu.d"
-    # Installed as make install does it, with this tree's relocatectl
-    # and a private hook.conf.
-    sed -e "s|\"relocatectl\": \"relocatectl\"|\"relocatectl\": \"$RELOCATECTL\"|" \
-        -e "s|\"/etc/nbdkit-relocate/hook.conf\"|\"$h/hook.conf\"|" \
+    # Installed as make install does it: the entry point names this
+    # tree's package and a private hook.conf (which names this tree's
+    # relocatectl).
+    sed -e "s|^HOOK_LIB = .*|HOOK_LIB = \"$srcdir/scripts\"|" \
+        -e "s|^HOOK_CONF = .*|HOOK_CONF = \"$h/hook.conf\"|" \
         "$HOOK" > "$h/etc/hooks/qemu.d/nbdkit-relocate"
     chmod 0755 "$h/etc/hooks/qemu.d/nbdkit-relocate"
     grep -q "\"$h/hook.conf\"" "$h/etc/hooks/qemu.d/nbdkit-relocate" ||

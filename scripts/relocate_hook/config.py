@@ -1,0 +1,245 @@
+"""hook.conf: the hook's settings, their defaults, and why one is refused.
+
+Bottom layer: imports nothing of the package.  Every key of
+hook.conf.example is in DEFAULTS, with the same default.
+"""
+
+import configparser
+import re
+import socket
+
+DEFAULTS = {
+    "state_root": "/var/lib/nbdkit-relocate",
+    "domains": "all",            # "all", or space-separated names to opt in
+    "disks": "all",              # "all", or space-separated target devs (vda ...)
+    "rate": "0",                 # relocate-rate
+    "block_size": "64K",         # relocate-block-size
+    "start": "on-write",         # relocate-start: on-write or manual only
+    "local_hosts": "auto",       # hosts that are this one; "auto" = this host's names
+    "nbdkit": "nbdkit",
+    "filter": "relocate",        # name, or path to nbdkit-relocate-filter.so
+    "relocatectl": "relocatectl",
+    "extra_args": "",            # more key=value parameters for nbdkit
+    "start_timeout": "30",       # seconds to wait for a server to serve
+    "standby_timeout": "300",    # a server no client came to stops after this
+    "stop_grace": "10",          # SIGTERM, then SIGKILL after this many seconds
+    "qemu_conf": "/etc/libvirt/qemu.conf",
+    "qemu_user": "auto",         # auto: user = ... in qemu_conf, else libvirt-qemu
+    "qemu_group": "auto",        # auto: group = ... in qemu_conf, else kvm
+    "serve": "tcp",              # tcp (serve_name:port, onward moves) or unix
+    "serve_name": "auto",        # the host name put in the XML; auto = FQDN
+    "listen": "",                # nbdkit -i: an address; empty = all
+    "ports": "10810-10909",      # the relocation servers' TCP ports
+    "onward_grace": "60",        # an onward server stops this long after its last client
+    "qemu_log_dir": "/var/log/libvirt/qemu",
+}
+
+# The start modes that are safe while the guest still runs, and
+# writes, at the source: nothing is stored before it runs here.
+SAFE_STARTS = ("on-write", "manual")
+
+# Parameters that the hook sets itself: never from extra_args.
+OWN_PARAMS = ("relocate-file", "relocate-bitmap", "relocate-control",
+              "relocate-start", "relocate-standby-timeout")
+
+# A target dev (vda, sdb, hdc ...) as a directory name: nothing else.
+TARGET_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+# What nbdkit_parse_size accepts: digits and one optional suffix.
+_SIZE_RE = re.compile(r"(\d+)([bBsSkKmMgGtTpPeE]?)")
+_SCALE = {"": 1, "b": 1, "s": 512, "k": 1 << 10, "m": 1 << 20,
+          "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
+
+
+def parse_size(value):
+    """Bytes in a size as nbdkit's parameters take it ("64K", "1M",
+    "4096"), or None."""
+    m = _SIZE_RE.fullmatch(value.strip())
+    if not m:
+        return None
+    return int(m.group(1)) * _SCALE[m.group(2).lower()]
+
+
+def is_loopback(name):
+    """Does the host name or address name every host (localhost)?"""
+    return (name.split(".")[0] == "localhost" or name == "::1" or
+            name.startswith("127."))
+
+
+class Config:
+    """The [hook] section over the defaults, with typed access.
+
+    error is why the file could not be read (then the values are the
+    defaults, and refusal() returns it)."""
+
+    def __init__(self, values, path, error=None, unknown=()):
+        self._values = values
+        self.path = path
+        self.error = error
+        self.unknown = tuple(unknown)
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def seconds(self, key):
+        """A key that holds a number of seconds, as a float."""
+        return float(self._values[key])
+
+    def port_range(self):
+        """(first, last) of ports, or None."""
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", self["ports"])
+        if not m:
+            return None
+        first, last = int(m.group(1)), int(m.group(2))
+        return (first, last) if 1 <= first <= last <= 65535 else None
+
+    def serve_name(self):
+        """The host name other hosts (and this host's QEMU) reach this
+        host's relocation servers by."""
+        if self["serve_name"].strip() not in ("", "auto"):
+            return self["serve_name"].strip()
+        return socket.getfqdn()
+
+    def local_names(self):
+        """Host names and addresses that are this host."""
+        if self["local_hosts"].strip() != "auto":
+            names = set(self["local_hosts"].split())
+        else:
+            names = {"localhost", "127.0.0.1", "::1", socket.gethostname()}
+            try:
+                names.add(socket.getfqdn())
+                names.update(socket.gethostbyname_ex(socket.gethostname())[2])
+            except OSError:
+                pass
+        if self["serve"] == "tcp":
+            names.add(self.serve_name())
+        return names
+
+    def wanted(self, name, target):
+        """Does the configuration opt this domain's disk in?"""
+        domains, disks = self["domains"].split(), self["disks"].split()
+        return ((domains == ["all"] or name in domains) and
+                (disks == ["all"] or target in disks))
+
+    def refusal(self):
+        """Why this configuration must not be used for a live migration
+        (one line naming the key), or None."""
+        if self.error:
+            return self.error
+        if self.unknown:
+            return ("unknown key %s (the keys are those of "
+                    "hook.conf.example)" % ", ".join(self.unknown))
+        for check in (self._check_paths, self._check_numbers,
+                      self._check_sizes, self._check_start,
+                      self._check_extra_args, self._check_serve,
+                      self._check_lists):
+            why = check()
+            if why:
+                return why
+        return None
+
+    def _check_paths(self):
+        for key in ("state_root", "qemu_conf", "qemu_log_dir"):
+            if not self[key].startswith("/"):
+                return "%s = %s: an absolute path" % (key, self[key])
+        for key in ("nbdkit", "filter", "relocatectl"):
+            if not self[key].strip() or len(self[key].split()) != 1:
+                return "%s = %s: one program or file name" % (key, self[key])
+        for key in ("qemu_user", "qemu_group"):
+            if not self[key].strip() or len(self[key].split()) != 1:
+                return ("%s = %s: auto, a name or +N (a numeric id)" %
+                        (key, self[key]))
+        return None
+
+    def _check_numbers(self):
+        for key in ("start_timeout", "standby_timeout", "stop_grace",
+                    "onward_grace"):
+            try:
+                v = self.seconds(key)
+            except ValueError:
+                v = float("nan")
+            if not v >= 0 or v == float("inf") or \
+                    (key == "start_timeout" and v == 0):
+                return ("%s = %s: a number of seconds%s" %
+                        (key, self[key],
+                         ", more than 0" if key == "start_timeout" else
+                         ", 0 or more"))
+        return None
+
+    def _check_sizes(self):
+        if parse_size(self["rate"]) is None:
+            return ("rate = %s: bytes per second, e.g. 0 (unlimited), "
+                    "50M" % self["rate"])
+        bs = parse_size(self["block_size"])
+        if bs is None or bs < 4096 or bs > 32 << 20 or bs & (bs - 1):
+            return ("block_size = %s: a power of 2 between 4K and 32M" %
+                    self["block_size"])
+        return None
+
+    def _check_start(self):
+        if self["start"] not in SAFE_STARTS:
+            return ("start = %s is refused: only %s are safe during a live "
+                    "migration (before the guest runs here it still writes "
+                    "at the source, and %s would copy blocks it then "
+                    "rewrites)" % (self["start"], " or ".join(SAFE_STARTS),
+                                   self["start"]))
+        return None
+
+    def _check_extra_args(self):
+        for a in self["extra_args"].split():
+            key = a.split("=", 1)[0]
+            if "=" not in a or not key:
+                return ("extra_args = %s: key=value parameters for nbdkit, "
+                        "%r is not one" % (self["extra_args"], a))
+            if key in OWN_PARAMS:
+                return "extra_args may not set %s (the hook sets it)" % key
+        return None
+
+    def _check_serve(self):
+        if self["serve"] not in ("tcp", "unix"):
+            return "serve = %s: tcp or unix" % self["serve"]
+        if len(self["listen"].split()) > 1:
+            return "listen = %s: one address, or empty for all" % self["listen"]
+        if self["serve"] != "tcp":
+            return None
+        if self.port_range() is None:
+            return "ports = %s: FIRST-LAST, within 1-65535" % self["ports"]
+        name = self["serve_name"].strip()
+        if name in ("", "auto"):
+            if is_loopback(self.serve_name()):
+                return ("serve_name = auto gives %r, which names every host: "
+                        "set serve_name to a name of this host that the "
+                        "other hosts resolve" % self.serve_name())
+        elif not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+            return ("serve_name = %s: a host name or address of this host "
+                    "that the other hosts reach" % name)
+        return None
+
+    def _check_lists(self):
+        bad = [d for d in self["disks"].split() if not TARGET_RE.fullmatch(d)]
+        if not self["disks"].split() or bad:
+            return ("disks = %s: all, or target devs such as vda vdb" %
+                    self["disks"])
+        if not self["domains"].split():
+            return "domains = : all, or the names of the domains to relocate"
+        if not self["local_hosts"].split():
+            return ("local_hosts = : auto, or the names and addresses of "
+                    "this host")
+        return None
+
+
+def load(path):
+    """The configuration in path (a missing file: the defaults)."""
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    cp["hook"] = DEFAULTS
+    try:
+        read = cp.read(path)
+    except (configparser.Error, UnicodeDecodeError) as e:
+        return Config(dict(DEFAULTS), path, "cannot read %s: %s" %
+                      (path, str(e).replace("\n", " ")))
+    others = [s for s in cp.sections() if s != "hook"] if read else []
+    if others:
+        return Config(dict(DEFAULTS), path, "%s: section [%s]: the keys "
+                      "go in [hook]" % (path, others[0]))
+    unknown = sorted(set(cp["hook"]) - set(DEFAULTS))
+    return Config(dict(cp["hook"]), path, None, unknown)

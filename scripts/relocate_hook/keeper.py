@@ -1,0 +1,126 @@
+"""The keeper: the process that runs one relocation server and watches it.
+
+Over config, log, state and server.  server.start_server runs
+
+  python3 -m relocate_hook.keeper HOOK.CONF LOGFILE DOMAIN STANDBY -- NBDKIT-ARGS...
+
+The keeper runs nbdkit in the foreground (nbdkit -f dies with its
+parent; the hook itself exits at once), its messages to LOGFILE in the
+disk's directory, records both pids, and waits.  It stops nbdkit:
+
+- with STANDBY > 0 (the filter has no relocate-standby-timeout), when
+  it has been in standby with no client for that long;
+- once the domain has left this host (the marker onward exists), when
+  no client has been connected for onward_grace seconds.
+
+When nbdkit exits without the hook having stopped it (no marker
+stopping), hook.log says so, with nbdkit's last message.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+from . import config, state
+from .log import init as init_log, log
+from .server import ctl_status, kill_process, nbdkit_marker, server_clients
+
+
+class Keeper:
+    def __init__(self, cfg, logpath, name, standby, args):
+        self.cfg, self.name, self.standby, self.args = cfg, name, standby, args
+        ddisk = os.path.dirname(logpath)
+        self.target = os.path.basename(ddisk)
+        self.rel = state.read_json(os.path.join(ddisk, "relocation.json")) or {}
+        self.marker = nbdkit_marker(ddisk)
+        # The directory may move to the attic while nbdkit runs
+        # (attic.move_aside): reach it through a descriptor, by a path
+        # other processes can use too.
+        self.dfd = os.open(ddisk, os.O_RDONLY | os.O_DIRECTORY)
+        self.here = "/proc/%d/fd/%d" % (os.getpid(), self.dfd)
+        self.logpath = logpath
+        self.child = None
+
+    def _stop(self, why):
+        log("domain %r disk %s: %s: server stopped" %
+            (self.name, self.target, why))
+        state.mark(self.here, state.STOPPING)
+        kill_process(self.child.pid, self.marker,
+                     self.cfg.seconds("stop_grace"))
+
+    def _watch(self):
+        """Until nbdkit exits: stop it when it idles (above)."""
+        grace = self.cfg.seconds("onward_grace")
+        ctl = os.path.join(self.here, "control.sock")
+        idle_since = onward_idle = time.time()
+        n = 0
+        while self.child.poll() is None:
+            time.sleep(0.2)
+            n += 1
+            if n % 5:
+                continue
+            if state.marked(self.here, state.ONWARD):
+                if server_clients(self.rel) > 0:
+                    onward_idle = time.time()
+                elif time.time() - onward_idle >= grace:
+                    self._stop("no host has read from this server for %d s "
+                               "since the domain left" % grace)
+                    return
+                continue
+            onward_idle = time.time()
+            if self.standby <= 0:
+                continue
+            st = ctl_status(self.cfg, ctl)
+            if st is None or st.get("state") != "standby" or \
+                    server_clients(self.rel) != 0:
+                idle_since = time.time()
+            elif time.time() - idle_since >= self.standby:
+                self._stop("no client came in %d s of standby (the migration "
+                           "failed before QEMU started?)" % self.standby)
+                return
+
+    def _last_message(self):
+        try:
+            with open(os.path.join(self.here, "nbdkit.log"),
+                      errors="replace") as f:
+                lines = [l for l in f.read().splitlines() if l.strip()]
+            return ": " + lines[-1].strip() if lines else ""
+        except OSError:
+            return ""
+
+    def run(self):
+        with open(self.logpath, "ab") as logf:
+            self.child = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                          stdout=logf, stderr=logf)
+        state.write_pids(os.path.dirname(self.logpath), os.getpid(),
+                         self.child.pid)
+        self._watch()
+        rc = self.child.wait()
+        if state.marked(self.here, state.STOPPING):
+            return
+        last = self._last_message()
+        m = re.search(r"no client in standby for (\d+) s", last)
+        if rc == 0 and m:       # the filter's relocate-standby-timeout
+            log("domain %r disk %s: no client came in %s s of standby "
+                "(the migration failed before QEMU started?): server stopped"
+                % (self.name, self.target, m.group(1)))
+        else:
+            log("domain %r disk %s: relocation server exited by itself "
+                "(status %d)%s" % (self.name, self.target, rc, last))
+
+
+def main(argv):
+    """argv: HOOK.CONF LOGFILE DOMAIN STANDBY -- NBDKIT-ARGS..."""
+    if len(argv) < 6 or argv[4] != "--":
+        sys.exit("usage: python3 -m relocate_hook.keeper HOOK.CONF LOGFILE "
+                 "DOMAIN STANDBY -- NBDKIT-ARGS...")
+    os.chdir("/")
+    cfg = config.load(argv[0])
+    init_log(cfg["state_root"])
+    Keeper(cfg, argv[1], argv[2], float(argv[3]), argv[5:]).run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,274 @@
+"""The relocation server's process: its command line, start, watch, stop.
+
+Over config, log and state.  A server is nbdkit --filter=relocate run
+by a keeper process (keeper.py): nbdkit -f dies with its parent, and
+the hook exits at once.  Processes are found by the pids the keeper
+recorded and signalled only while their command line still names the
+disk's directory, so that a reused pid is never signalled.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from . import state
+
+# Where the package is: the keeper runs as python3 -m relocate_hook.keeper
+# from here.
+LIBDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- processes ----
+
+def proc_cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return None
+
+
+def alive(pid):
+    """Is pid a process that has not exited (a zombie has)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            st = f.read()
+        return st[st.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def ours(pid, marker):
+    """Is pid a process whose command line holds marker?"""
+    cmd = proc_cmdline(pid)
+    return cmd is not None and marker.encode() in cmd
+
+
+def _reaped(pid, timeout=5):
+    """Wait until a process that has exited is reaped (by its keeper)."""
+    deadline = time.time() + timeout
+    while os.path.exists("/proc/%d" % pid) and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def kill_process(pid, marker, grace):
+    """SIGTERM, then SIGKILL after grace seconds; True if it is gone."""
+    if not pid or not alive(pid) or not ours(pid, marker):
+        return True
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.time() + grace
+    while time.time() < deadline and alive(pid):
+        time.sleep(0.1)
+    if alive(pid) and ours(pid, marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for _ in range(100):
+        if not alive(pid):
+            _reaped(pid)
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def nbdkit_marker(ddisk):
+    """What every nbdkit of this disk has on its command line."""
+    return "relocate-control=" + os.path.join(ddisk, "control.sock")
+
+
+def keeper_marker(ddisk):
+    return os.path.join(ddisk, "nbdkit.log")
+
+
+def server_running(ddisk):
+    """Does this disk's nbdkit run?"""
+    pid = state.read_pids(ddisk).get("nbdkit")
+    return bool(pid) and alive(pid) and ours(pid, nbdkit_marker(ddisk))
+
+
+def stop_disk_server(cfg, ddisk):
+    """Stop the server of one disk directory: nbdkit by its pid (it may
+    ignore SIGTERM, e.g. with a hung source), then its keeper.  True if
+    nothing of it runs any more."""
+    pids = state.read_pids(ddisk)
+    marker = nbdkit_marker(ddisk)
+    state.mark(ddisk, state.STOPPING)   # the keeper: this stop is wanted
+    grace = cfg.seconds("stop_grace")
+    ok = kill_process(pids.get("nbdkit"), marker, grace)
+    # nbdkit's own pid file, in case the keeper's record is missing.
+    try:
+        with open(os.path.join(ddisk, "nbdkit.pid")) as f:
+            pid = int(f.read().strip())
+        ok = kill_process(pid, marker, grace) and ok
+    except (OSError, ValueError):
+        pass
+    return kill_process(pids.get("keeper"), keeper_marker(ddisk), 2) and ok
+
+
+# ---- what the server says, and who is connected ----
+
+def ctl_status(cfg, ctl, timeout=5):
+    """relocatectl status --json of a control socket, or None."""
+    try:
+        r = subprocess.run([cfg["relocatectl"], "status", "--json", ctl],
+                           capture_output=True, text=True, timeout=timeout)
+        if r.returncode == 0:
+            return json.loads(r.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        pass
+    return None
+
+
+def socket_clients(sock, proc_net_unix="/proc/net/unix"):
+    """Connected sockets bound to path sock (accepted connections carry
+    the listener's path in /proc/net/unix), or -1."""
+    n = 0
+    try:
+        with open(proc_net_unix) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == sock and fields[5] == "03":
+                    n += 1
+    except OSError:
+        return -1
+    return n
+
+
+def tcp_clients(port, tables=("/proc/net/tcp", "/proc/net/tcp6")):
+    """Established connections to local port (both address families)."""
+    n = 0
+    for path in tables:
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == "01" and \
+                            int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        n += 1
+        except (OSError, ValueError, IndexError, StopIteration):
+            pass
+    return n
+
+
+def server_clients(rel):
+    """Clients connected to the relocation server now."""
+    if rel.get("serve") == "tcp":
+        return tcp_clients(int(rel["port"]))
+    return max(0, socket_clients(rel.get("socket") or ""))
+
+
+def filter_supports(cfg, param):
+    """Does the installed filter take param?"""
+    try:
+        r = subprocess.run([cfg["nbdkit"], "--filter=" + cfg["filter"], "null",
+                            "--help"], capture_output=True, text=True,
+                           timeout=30)
+        return (param + "=") in r.stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+# ---- starting ----
+
+def nbdkit_args(cfg, rel, standby_param):
+    """nbdkit's command line for a relocation (standby_param: the filter
+    has relocate-standby-timeout)."""
+    pidfile = os.path.join(os.path.dirname(rel["file"]), "nbdkit.pid")
+    if rel["serve"] == "tcp":
+        args = [cfg["nbdkit"], "-f", "--log=stderr", "-p", str(rel["port"])]
+        if cfg["listen"]:
+            args += ["-i", cfg["listen"]]
+    else:
+        args = [cfg["nbdkit"], "-f", "--log=stderr", "-U", rel["socket"]]
+    args += ["-P", pidfile, "--filter=" + cfg["filter"], "nbd",
+             "hostname=" + rel["hostname"],
+             "port=" + str(rel.get("port_src", rel.get("port"))),
+             "export=" + rel["export"],
+             "relocate-file=" + rel["file"],
+             "relocate-control=" + rel["control"],
+             "relocate-rate=" + cfg["rate"],
+             "relocate-block-size=" + cfg["block_size"],
+             "relocate-start=" + cfg["start"]]
+    standby = cfg.seconds("standby_timeout")
+    if standby > 0 and standby_param:
+        args.append("relocate-standby-timeout=%d" % max(1, round(standby)))
+    return args + cfg["extra_args"].split()
+
+
+def start_server(cfg, ddisk, rel, ident, standby_param):
+    """Start (or resume) the relocation server of one planned disk and
+    wait until it serves.  True if it does."""
+    uid, gid, dynamic = ident
+    state.unmark(ddisk, state.STOPPING)
+    state.unmark(ddisk, state.ONWARD)
+    standby = "0" if standby_param else str(cfg.seconds("standby_timeout"))
+    keeper_args = [sys.executable, "-B", "-m", "relocate_hook.keeper", cfg.path,
+                   keeper_marker(ddisk), rel["domain"], standby, "--"]
+    proc = subprocess.Popen(keeper_args + nbdkit_args(cfg, rel, standby_param),
+                            cwd=LIBDIR, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
+    if not _serving(cfg, rel, proc, ddisk):
+        stop_disk_server(cfg, ddisk)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        return False
+    if rel["serve"] == "unix":
+        # QEMU runs as qemu.conf's user: the socket is its, and only its.
+        os.chown(rel["socket"], uid, gid)
+        os.chmod(rel["socket"], 0o660)
+    # The image, like libvirt's own: root's at rest when libvirt chowns
+    # images itself (dynamic_ownership), else QEMU's user's.
+    if dynamic:
+        os.chown(rel["file"], 0, 0)
+        os.chmod(rel["file"], 0o600)
+    else:
+        os.chown(rel["file"], uid, gid)
+        os.chmod(rel["file"], 0o660)
+    return True
+
+
+def _connects(cfg, rel):
+    """Does the server accept a connection at its address?"""
+    try:
+        if rel["serve"] == "tcp":
+            s = socket.create_connection((cfg["listen"] or "127.0.0.1",
+                                          rel["port"]), timeout=2)
+        else:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(2)
+            s.connect(rel["socket"])
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+def _serving(cfg, rel, proc, ddisk):
+    """Wait until nbdkit listens and its control socket answers."""
+    deadline = time.time() + cfg.seconds("start_timeout")
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        if os.path.exists(rel["control"]) and server_running(ddisk) and \
+                _connects(cfg, rel) and ctl_status(cfg, rel["control"]) is not None:
+            return True
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,185 @@
+"""A relocation's files on disk: its record, its pids, its port.
+
+Over config and log.  Each disk of each domain has a directory
+STATE_ROOT/UUID/TARGET holding:
+
+  relocation.json  the record: source, image, control socket, address
+  disk.img         the image (and the filter's bitmap files beside it)
+  control.sock     the filter's control socket
+  pids.json        the keeper's and nbdkit's pids
+  nbdkit.log       nbdkit's messages
+  stopping         the hook stops the server: not an exit by itself
+  onward           the domain left, the server serves the next host
+  moved-on         the domain moved on from here: a start is refused
+
+Nothing here starts or stops a process.
+"""
+
+import fcntl
+import json
+import os
+import random
+import socket
+import struct
+import time
+
+from .log import log
+
+STOPPING, ONWARD, MOVED_ON = "stopping", "onward", "moved-on"
+
+# The filter's bitmap header: magic, version, then flags.
+BITMAP_MAGIC = b"NBDKRELO"
+STARTED, COMPLETE = 1, 2
+
+
+def make_dir(path):
+    """Root-owned, 0711: QEMU's user may pass through to the socket but
+    not list anything (the way libvirt keeps its own image directory)."""
+    os.makedirs(path, mode=0o711, exist_ok=True)
+    os.chmod(path, 0o711)
+
+
+def read_json(path):
+    """The object in a JSON file, or None if it is missing or broken."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, obj):
+    """Replace path with obj as JSON, in one rename."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.rename(tmp, path)
+
+
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def mark(ddisk, name):
+    """Create the marker file name (STOPPING, ONWARD) in ddisk."""
+    try:
+        open(os.path.join(ddisk, name), "w").close()
+    except OSError:
+        pass
+
+
+def unmark(ddisk, name):
+    try:
+        os.unlink(os.path.join(ddisk, name))
+    except OSError:
+        pass
+
+
+def marked(ddisk, name):
+    return os.path.exists(os.path.join(ddisk, name))
+
+
+def read_pids(ddisk):
+    """{"keeper": pid, "nbdkit": pid} as the keeper recorded them."""
+    return read_json(os.path.join(ddisk, "pids.json")) or {}
+
+
+def write_pids(ddisk, keeper, nbdkit):
+    write_json(os.path.join(ddisk, "pids.json"),
+               {"keeper": keeper, "nbdkit": nbdkit})
+
+
+def bitmap_flags(path):
+    """The bitmap header's flags (STARTED, COMPLETE), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if len(head) < 16 or head[:8] != BITMAP_MAGIC:
+        return None
+    return struct.unpack_from("<I", head, 12)[0]
+
+
+def served_at(rel):
+    """The relocation server's address, as a log line shows it."""
+    if rel["serve"] == "tcp":
+        return "nbd://%s:%s" % (rel["serve_name"], rel["port"])
+    return rel["socket"]
+
+
+def relocations(root):
+    """Every current relocation of this host (not the attics'):
+    (directory, its relocation.json)."""
+    out = []
+    try:
+        uuids = sorted(os.listdir(root))
+    except OSError:
+        return out
+    for u in uuids:
+        try:
+            devs = sorted(os.listdir(os.path.join(root, u)))
+        except OSError:
+            continue
+        for dev in devs:
+            ddisk = os.path.join(root, u, dev)
+            if dev != "attic":
+                rel = read_json(os.path.join(ddisk, "relocation.json"))
+                if rel:
+                    out.append((ddisk, rel))
+    return out
+
+
+def _bindable(listen, port):
+    s = socket.socket(socket.AF_INET6 if ":" in listen else socket.AF_INET)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((listen, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def pick_port(cfg, bindable=_bindable):
+    """A port of cfg's range that no other relocation here was given and
+    that can be bound now, or None.  (Call with the ports lock held.)"""
+    first, last = cfg.port_range()
+    taken = {int(r.get("port", 0)) for _, r in relocations(cfg["state_root"])
+             if r.get("serve") == "tcp"}
+    ports = [p for p in range(first, last + 1) if p not in taken]
+    random.shuffle(ports)
+    for p in ports:
+        if bindable(cfg["listen"], p):
+            return p
+    return None
+
+
+def plan(cfg, name, ddir, target, hostname, port, export):
+    """A fresh relocation of one disk, not started yet: its directory,
+    relocation.json, and the address its server will have.  Returns the
+    record, or None (logged)."""
+    ddisk = os.path.join(ddir, target)
+    make_dir(ddisk)
+    rel = {"domain": name, "target": target,
+           "source": "nbd://%s:%s/%s" % (hostname, port, export),
+           "hostname": hostname, "port_src": port, "export": export,
+           "file": os.path.join(ddisk, "disk.img"),
+           "control": os.path.join(ddisk, "control.sock"),
+           "serve": cfg["serve"],
+           "planned": now()}
+    if cfg["serve"] == "tcp":
+        with open(os.path.join(cfg["state_root"], ".ports.lock"), "w") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            p = pick_port(cfg)
+            if p is None:
+                log("domain %r disk %s: no free port in ports = %s: left "
+                    "alone" % (name, target, cfg["ports"]))
+                return None
+            rel.update(serve_name=cfg.serve_name(), port=p)
+            write_json(os.path.join(ddisk, "relocation.json"), rel)
+    else:
+        rel["socket"] = os.path.join(ddisk, "nbd.sock")
+        write_json(os.path.join(ddisk, "relocation.json"), rel)
+    return rel
