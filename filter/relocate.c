@@ -39,6 +39,7 @@
 #include "bitmap.h"
 #include "upstream.h"
 #include "blk.h"
+#include "blkfile.h"
 #include "bgcopy.h"
 #include "control.h"
 #include "drain.h"
@@ -64,7 +65,7 @@ relocate_config_complete (nbdkit_next_config_complete *next,
 {
   if (params_complete () == -1 ||
       (cfg.control && control_check_path (cfg.control) == -1) ||
-      blk_check_files () == -1)
+      blkfile_check () == -1)
     return -1;
   state_set_rate (cfg.rate);
   return next (nxdata);
@@ -82,7 +83,7 @@ relocate_after_fork (nbdkit_backend *backend)
    * without the source, not with a source that changed: check before
    * touching any file.
    */
-  if (blk_is_new ()) {
+  if (blkfile_is_new ()) {
     if (upstream_connect_once (backend, &size) == -1) {
       nbdkit_error ("relocate: cannot reach the source to learn its size; "
                     "a new relocation needs it");
