@@ -7,21 +7,26 @@
  *   control.c   the control socket (relocatectl)
  *   bgcopy.c    the background copy; standby -> relocating -> complete
  *   blk.c       the block store: the local file and which blocks it holds
- *   upstream.c  the shared connection to the source
+ *   blkfile.c   the relocation's files: checked, created, opened, closed
+ *   upstream.c  the connections to the source
  *   bitmap.c    the present-block bitmap and its file, over
  *   vbitmap.c   its volatile twin, what survives a crash of the process
- *   state.c     life cycle, pause, rate, failure, counters
  *   drain.c     SIGTERM: let the clients' requests finish, then exit
+ *   pace.c      pacing: slow the copy while it slows the guest's flushes
+ *   state.c     life cycle, pause, rate, failure, counters
  *   params.c    the relocate-* parameters
  *
  * Each file includes only the headers of files below it.
  *
  * Clients never open the plugin: .open does not call next, so every
- * callback answers without it and all reads of the source go through
- * the shared context in upstream.c.  Until the relocation starts
- * (standby) reads pass through and nothing is stored; then blocks are
- * fetched on demand and in the background into the local file; once
- * all are present the source is no longer used.
+ * callback answers without it.  Every request to the source goes
+ * through upstream.c, which from .after_fork on keeps up to
+ * relocate-connections contexts of its own open on the plugin
+ * (nbdkit_next_context_open), replacing those that fail or stop
+ * answering.  Until the relocation starts (standby) reads pass through
+ * and nothing is stored; then blocks are fetched on demand and in the
+ * background into the local file; once all are present the contexts
+ * are closed and the source is no longer used.
  */
 
 #include <config.h>
