@@ -21,6 +21,7 @@
 #include "lock.h"
 #include "pace.h"
 #include "blk.h"
+#include "blkfile.h"
 #include "upstream.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;

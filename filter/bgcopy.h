@@ -6,8 +6,8 @@
  * durable every few seconds and completes the relocation when the last
  * block is present.
  *
- * Middle layer: over blk.c, upstream.c, bitmap.c, state.c and params.c;
- * called by the callbacks and control.
+ * Middle layer: over blk.c, blkfile.c (the geometry), upstream.c,
+ * bitmap.c, state.c and params.c; called by the callbacks and control.
  */
 
 #ifndef RELOCATE_BGCOPY_H

@@ -11,7 +11,8 @@
  * state.h are kept in the file too.
  *
  * None of these functions lock: the caller (blk.c) holds its lock
- * around every call that touches the in-memory bits.
+ * around every call that touches the in-memory bits.  blkfile.c loads
+ * and creates the bitmap before any thread runs.
  */
 
 #ifndef RELOCATE_BITMAP_H

@@ -7,7 +7,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,18 +15,16 @@
 
 #include "bitmap.h"
 #include "blk.h"
+#include "blkfile.h"
 #include "lock.h"
 #include "pace.h"
 #include "params.h"
 #include "state.h"
 #include "upstream.h"
 
-uint32_t blk_size;
-uint64_t blk_nblocks;
-uint64_t blk_export_size;
-
-static int fd = -1;                     /* the local file */
-static int direct_fd = -1;              /* the same, O_DIRECT, or -1 */
+/* O_DIRECT writes (to blk_direct_fd) need this alignment of buffer,
+ * length and offset.
+ */
 #define DIRECT_ALIGN 4096
 
 /* lock protects the bitmap's bits and busy; changed is broadcast
@@ -147,151 +144,11 @@ timed_out (uint64_t b, int *err)
   return -1;
 }
 
-static bool fresh;                      /* no bitmap file before us */
-
-/* Can we create files in the directory holding path? */
-static int
-check_dir_writable (const char *param, const char *path)
-{
-  g_autofree char *dir = g_path_get_dirname (path);
-
-  if (access (dir, W_OK | X_OK) == -1) {
-    nbdkit_error ("%s=%s: directory %s is not writable: %m", param, path, dir);
-    return -1;
-  }
-  return 0;
-}
-
-int
-blk_check_files (void)
-{
-  struct bitmap_info info;
-  struct stat st;
-  bool have_file;
-
-  have_file = stat (cfg.file, &st) == 0;
-  if (!have_file && errno != ENOENT) {
-    nbdkit_error ("relocate-file %s: %m", cfg.file);
-    return -1;
-  }
-  if (have_file && !S_ISREG (st.st_mode)) {
-    nbdkit_error ("relocate-file %s: not a regular file", cfg.file);
-    return -1;
-  }
-
-  if (access (cfg.bitmap, F_OK) == -1) {
-    /* A fresh relocation. */
-    if (have_file && st.st_size > 0) {
-      nbdkit_error ("relocate-file %s exists and is not empty, but has no "
-                    "bitmap %s: refusing to overwrite it", cfg.file, cfg.bitmap);
-      return -1;
-    }
-    if (check_dir_writable ("relocate-file", cfg.file) == -1 ||
-        check_dir_writable ("relocate-bitmap", cfg.bitmap) == -1)
-      return -1;
-    fresh = true;
-    return 0;
-  }
-
-  /* Resuming: the bitmap must describe this relocation. */
-  if (bitmap_load (cfg.bitmap) == -1)
-    return -1;
-  info = *bitmap_info ();
-  if (cfg.block_size && cfg.block_size != info.block_size) {
-    nbdkit_error ("relocate-bitmap %s has block size %" PRIu32
-                  ", but relocate-block-size=%" PRIu32 " was given",
-                  cfg.bitmap, info.block_size, cfg.block_size);
-    return -1;
-  }
-  if (strcmp (info.source, cfg.source_id) != 0) {
-    nbdkit_error ("relocate-bitmap %s belongs to a relocation from "
-                  "'%s', not from '%s'", cfg.bitmap, info.source,
-                  cfg.source_id);
-    return -1;
-  }
-  if (have_file && st.st_size > 0 && (uint64_t) st.st_size != info.size) {
-    nbdkit_error ("relocate-file %s has size %" PRIu64 ", but its bitmap "
-                  "%s is for an image of %" PRIu64 " bytes",
-                  cfg.file, (uint64_t) st.st_size, cfg.bitmap, info.size);
-    return -1;
-  }
-  if ((!have_file || st.st_size == 0) && bitmap_count () > 0) {
-    nbdkit_error ("relocate-file %s is %s, but its bitmap %s says %" PRIu64
-                  " blocks are present", cfg.file,
-                  have_file ? "empty" : "missing", cfg.bitmap, bitmap_count ());
-    return -1;
-  }
-  if (!have_file && check_dir_writable ("relocate-file", cfg.file) == -1)
-    return -1;
-  return 0;
-}
-
-bool
-blk_is_new (void)
-{
-  return fresh;
-}
-
-/* Create the bitmap of a fresh relocation of an export of size bytes. */
-static int
-create_bitmap (uint64_t size)
-{
-  struct bitmap_info info = { 0 };
-
-  info.block_size = cfg.block_size ? cfg.block_size : DEFAULT_BLOCK_SIZE;
-  info.size = size;
-  info.nblocks = (size + info.block_size - 1) / info.block_size;
-  info.flags = cfg.start == START_IMMEDIATE ? BITMAP_FLAG_STARTED : 0;
-  g_strlcpy (info.source, cfg.source_id, sizeof info.source);
-  if (bitmap_create (cfg.bitmap, &info) == -1)
-    return -1;
-  return bitmap_load (cfg.bitmap);
-}
-
 int
 blk_open (uint64_t new_size)
 {
-  const struct bitmap_info *info;
-  struct stat st;
-
-  uint64_t counters[STATE_NCOUNTERS];
-  int64_t recovered;
-
-  if (fresh && create_bitmap (new_size) == -1)
+  if (blkfile_open (new_size) == -1)
     return -1;
-  recovered = bitmap_attach_volatile ();
-  if (recovered == -1)
-    return -1;
-  if (recovered > 0)
-    nbdkit_debug ("relocate: %" PRIi64 " blocks that reached the local file "
-                  "before the last run ended are present", recovered);
-  bitmap_counters (counters);
-  state_restore_counters (counters);
-  info = bitmap_info ();
-  blk_size = info->block_size;
-  blk_nblocks = info->nblocks;
-  blk_export_size = info->size;
-  fd = open (cfg.file, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd == -1) {
-    nbdkit_error ("relocate-file %s: %m", cfg.file);
-    return -1;
-  }
-  if (fsync_parent_dir (cfg.file) == -1)   /* the file must outlive a crash */
-    return -1;
-  /* Fetched data goes straight to disk: no copy into the page cache,
-   * which stays the guest's.  Not every file system has O_DIRECT.
-   */
-  direct_fd = cfg.direct ? open (cfg.file, O_WRONLY | O_DIRECT | O_CLOEXEC) : -1;
-  /* The size is durable before any data goes in: a power loss must
-   * not leave a file shorter than its bitmap says.
-   */
-  if (fstat (fd, &st) == -1 ||
-      ((uint64_t) st.st_size != blk_export_size &&
-       (ftruncate (fd, blk_export_size) == -1 || fdatasync (fd) == -1))) {
-    nbdkit_error ("relocate-file %s: cannot size to %" PRIu64 ": %m",
-                  cfg.file, blk_export_size);
-    return -1;
-  }
   all_present = bitmap_count () == blk_nblocks;
   all_durable = bitmap_durable_count () == blk_nblocks;
   busy = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
@@ -306,11 +163,7 @@ blk_open (uint64_t new_size)
 void
 blk_close (void)
 {
-  if (fd >= 0)
-    close (fd);
-  if (direct_fd >= 0)
-    close (direct_fd);
-  fd = direct_fd = -1;
+  blkfile_close ();
   free (busy);
   free (failed);
   busy = failed = NULL;
@@ -328,7 +181,7 @@ static int
 full_pwrite (const void *buf, uint64_t count, uint64_t offset)
 {
   while (count > 0) {
-    ssize_t r = pwrite (fd, buf, count, offset);
+    ssize_t r = pwrite (blk_fd, buf, count, offset);
     if (r == -1) {
       if (errno == EINTR)
         continue;
@@ -348,10 +201,10 @@ full_pwrite (const void *buf, uint64_t count, uint64_t offset)
 static int
 write_fetched (const char *buf, uint64_t count, uint64_t offset)
 {
-  while (direct_fd >= 0 && count >= DIRECT_ALIGN &&
+  while (blk_direct_fd >= 0 && count >= DIRECT_ALIGN &&
          (uintptr_t) buf % DIRECT_ALIGN == 0 && offset % DIRECT_ALIGN == 0) {
-    ssize_t r = pwrite (direct_fd, buf, count / DIRECT_ALIGN * DIRECT_ALIGN,
-                        offset);
+    ssize_t r = pwrite (blk_direct_fd, buf,
+                        count / DIRECT_ALIGN * DIRECT_ALIGN, offset);
     if (r == -1) {
       if (errno == EINTR)
         continue;
@@ -370,7 +223,7 @@ static int
 full_pread (void *buf, uint64_t count, uint64_t offset)
 {
   while (count > 0) {
-    ssize_t r = pread (fd, buf, count, offset);
+    ssize_t r = pread (blk_fd, buf, count, offset);
     if (r == -1) {
       if (errno == EINTR)
         continue;
@@ -394,10 +247,10 @@ zero_local (uint64_t count, uint64_t offset, bool may_trim)
   static const char zeroes[65536];
 
   if (may_trim &&
-      fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+      fallocate (blk_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                  offset, count) == 0)
     return 0;
-  if (fallocate (fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+  if (fallocate (blk_fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
                  offset, count) == 0)
     return 0;
   if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
@@ -946,7 +799,7 @@ flush (bool for_client, int *err)
   /* The data first: no bit may reach the bitmap file before the
    * block it describes is durable in the local file.
    */
-  if (fdatasync (fd) == -1) {
+  if (fdatasync (blk_fd) == -1) {
     *err = errno;
     nbdkit_error ("relocate-file: fdatasync: %m; the bitmap will not be "
                   "updated again (restart nbdkit to recover)");
@@ -1007,7 +860,7 @@ static int
 local_extents (uint64_t offset, uint64_t end, struct nbdkit_extents *extents)
 {
   while (offset < end) {
-    off_t data = lseek (fd, offset, SEEK_DATA), hole;
+    off_t data = lseek (blk_fd, offset, SEEK_DATA), hole;
 
     if (data == -1 && errno != ENXIO)
       return nbdkit_add_extent (extents, offset, end - offset, 0);
@@ -1020,7 +873,7 @@ local_extents (uint64_t offset, uint64_t end, struct nbdkit_extents *extents)
         return -1;
       offset = data;
     }
-    hole = lseek (fd, offset, SEEK_HOLE);
+    hole = lseek (blk_fd, offset, SEEK_HOLE);
     if (hole == -1 || (uint64_t) hole > end)
       hole = end;
     if (nbdkit_add_extent (extents, offset, hole - offset, 0) == -1)

@@ -8,8 +8,10 @@
  * Blocks go absent -> busy -> present, or back to absent on failure;
  * a block the source rejects every time is marked failed.
  *
- * Middle layer: over upstream.c (fetches), bitmap.c, state.c and
- * params.c; called by the callbacks, the background copy and control.
+ * Middle layer: over blkfile.c (the files it reads and writes; see
+ * there for blk_size and the other geometry), upstream.c (fetches),
+ * bitmap.c, pace.c, state.c and params.c; called by the callbacks, the
+ * background copy and control.
  */
 
 #ifndef RELOCATE_BLK_H
@@ -21,23 +23,12 @@
 
 #include <nbdkit-filter.h>
 
-/* Before nbdkit forks: check relocate-file and relocate-bitmap, and
- * load the bitmap of a relocation being resumed.  Changes no file.
- */
-int blk_check_files (void);
-
-/* Is this a fresh relocation (no bitmap file yet)? */
-bool blk_is_new (void);
-
-/* Open the relocation's files, creating those of a fresh one for an
- * export of new_size bytes (ignored when resuming).
+/* Open the block store: the relocation's files (blkfile_open, which
+ * creates those of a fresh one for an export of new_size bytes), then
+ * the tracking of busy and failed blocks.
  */
 int blk_open (uint64_t new_size);
 void blk_close (void);
-
-extern uint32_t blk_size;     /* bytes per block */
-extern uint64_t blk_nblocks;  /* blocks in the export */
-extern uint64_t blk_export_size;
 
 /* Client operations while relocating or complete. */
 int blk_read (void *buf, uint32_t count, uint64_t offset, int *err);

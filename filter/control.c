@@ -21,6 +21,7 @@
 #include "pace.h"
 #include "state.h"
 #include "blk.h"
+#include "blkfile.h"
 #include "bgcopy.h"
 #include "control.h"
 #include "upstream.h"

@@ -7,21 +7,26 @@
  *   control.c   the control socket (relocatectl)
  *   bgcopy.c    the background copy; standby -> relocating -> complete
  *   blk.c       the block store: the local file and which blocks it holds
- *   upstream.c  the shared connection to the source
+ *   blkfile.c   the relocation's files: checked, created, opened, closed
+ *   upstream.c  the connections to the source
  *   bitmap.c    the present-block bitmap and its file, over
  *   vbitmap.c   its volatile twin, what survives a crash of the process
- *   state.c     life cycle, pause, rate, failure, counters
  *   drain.c     SIGTERM: let the clients' requests finish, then exit
+ *   pace.c      pacing: slow the copy while it slows the guest's flushes
+ *   state.c     life cycle, pause, rate, failure, counters
  *   params.c    the relocate-* parameters
  *
  * Each file includes only the headers of files below it.
  *
  * Clients never open the plugin: .open does not call next, so every
- * callback answers without it and all reads of the source go through
- * the shared context in upstream.c.  Until the relocation starts
- * (standby) reads pass through and nothing is stored; then blocks are
- * fetched on demand and in the background into the local file; once
- * all are present the source is no longer used.
+ * callback answers without it.  Every request to the source goes
+ * through upstream.c, which from .after_fork on keeps up to
+ * relocate-connections contexts of its own open on the plugin
+ * (nbdkit_next_context_open), replacing those that fail or stop
+ * answering.  Until the relocation starts (standby) reads pass through
+ * and nothing is stored; then blocks are fetched on demand and in the
+ * background into the local file; once all are present the contexts
+ * are closed and the source is no longer used.
  */
 
 #include <config.h>
@@ -39,6 +44,7 @@
 #include "bitmap.h"
 #include "upstream.h"
 #include "blk.h"
+#include "blkfile.h"
 #include "bgcopy.h"
 #include "control.h"
 #include "drain.h"
@@ -64,7 +70,7 @@ relocate_config_complete (nbdkit_next_config_complete *next,
 {
   if (params_complete () == -1 ||
       (cfg.control && control_check_path (cfg.control) == -1) ||
-      blk_check_files () == -1)
+      blkfile_check () == -1)
     return -1;
   state_set_rate (cfg.rate);
   return next (nxdata);
@@ -82,7 +88,7 @@ relocate_after_fork (nbdkit_backend *backend)
    * without the source, not with a source that changed: check before
    * touching any file.
    */
-  if (blk_is_new ()) {
+  if (blkfile_is_new ()) {
     if (upstream_connect_once (backend, &size) == -1) {
       nbdkit_error ("relocate: cannot reach the source to learn its size; "
                     "a new relocation needs it");

@@ -1,6 +1,6 @@
 /* Stand-ins for the filter files below control.c (params.c, blk.c,
- * bgcopy.c, upstream.c; state.c and pace.c are linked as they are)
- * that it refers to, so that control.c links
+ * blkfile.c, bgcopy.c, upstream.c; state.c and pace.c are linked as
+ * they are) that it refers to, so that control.c links
  * unchanged into fuzz-control-line.  The fuzzer only calls the pure
  * parsers (control_parse, control_parse_size, control_json_string);
  * these stubs exist for the linker, and return harmless values should
@@ -18,6 +18,7 @@
 #include "params.h"
 #include "state.h"
 #include "blk.h"
+#include "blkfile.h"
 #include "bgcopy.h"
 #include "upstream.h"
 
