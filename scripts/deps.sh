@@ -1,5 +1,15 @@
-# Sourced by scripts/check and scripts/demo: install, with apt-get,
-# whichever of the Debian 12 packages the project needs are missing.
+# Sourced by scripts/check, scripts/demo, scripts/torture and bench/run:
+# install, with apt-get, whichever of the Debian 12 packages the project
+# needs are missing.
+#
+#   source scripts/deps.sh          build, the demo and most tests
+#   source scripts/deps.sh tests    also libvirt and QEMU, for
+#                                   tests/test-libvirt-migrate.sh
+#   source scripts/deps.sh ci       also cppcheck (fuzz/run installs
+#                                   clang itself)
+#
+# scripts/check passes "tests" (or "ci" for --ci); scripts/demo,
+# scripts/torture and bench/run pass nothing: they do not need libvirt.
 
 packages=(
     # build
@@ -8,12 +18,15 @@ packages=(
     # tests and demo
     libnbd-bin python3-libnbd util-linux bsdutils procps bc
 )
-# scripts/check --ci also runs cppcheck (fuzz/run installs clang itself)
-# and tests/test-libvirt-migrate.sh, a real live migration between two
-# libvirtd's (about 1 minute to install, 40-80 s per pass; without them,
-# and in plain scripts/check, that test is skipped).
-if [ "${1:-}" = --ci ]; then
-    packages+=(cppcheck libvirt-daemon-system qemu-system-x86)
+case "${1:-}" in
+    tests|ci)
+        # tests/test-libvirt-migrate.sh: a real live migration between
+        # two libvirtd's (about 1 minute to install, 40-80 s per pass;
+        # without them that test is skipped).
+        packages+=(libvirt-daemon-system qemu-system-x86) ;;
+esac
+if [ "${1:-}" = ci ]; then
+    packages+=(cppcheck)
 fi
 
 missing=()
