@@ -9,6 +9,7 @@ wrote here (it would read that host's older copy).
 """
 
 import os
+import re
 import time
 
 from . import domxml, state
@@ -43,6 +44,13 @@ def move_aside(cfg, ddir, target):
     return dest
 
 
+def _age(name):
+    """An attic entry's place in time: move_aside names them TIME-TARGET,
+    then TIME-TARGET.2, .3 ... within one second."""
+    m = re.fullmatch(r"(.*?)(?:\.(\d+))?", name)
+    return m.group(1), int(m.group(2) or 1)
+
+
 def history(ddir, dev):
     """The relocations this host made of the disk: the current one first
     (if any), then the attic's, newest first."""
@@ -52,10 +60,10 @@ def history(ddir, dev):
         out.append(cur)
     attic = os.path.join(ddir, "attic")
     try:
-        names = sorted(os.listdir(attic), reverse=True)
+        names = os.listdir(attic)
     except OSError:
         names = []
-    for n in names:
+    for n in sorted(names, key=_age, reverse=True):
         rel = state.read_json(os.path.join(attic, n, "relocation.json"))
         if rel and rel.get("target") == dev:
             out.append(rel)

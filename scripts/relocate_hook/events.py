@@ -24,7 +24,6 @@ Never calls back into libvirt: libvirt waits for the hook.
 import os
 import re
 import sys
-import time
 import xml.etree.ElementTree as ET
 
 from . import attic, config, domxml, qemuconf, server, state

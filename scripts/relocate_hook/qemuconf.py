@@ -42,22 +42,27 @@ def resolve(value, kind):
     return grp.getgrnam(value).gr_gid
 
 
+def _lookup(cfg, conf, kind, default):
+    """The id of QEMU's user or group: hook.conf's qemu_KIND unless it
+    is auto, else qemu.conf's, else Debian's default."""
+    key = "qemu_" + kind
+    if cfg[key] != "auto":
+        value, where = cfg[key], None
+    else:
+        value, where = conf.get(kind, default), cfg["qemu_conf"]
+    try:
+        return resolve(value, kind)
+    except KeyError:
+        if where is None:
+            raise ValueError("%s = %s: no such %s" % (key, value, kind))
+        raise ValueError("QEMU's %s %r (from %s) does not exist" %
+                         (kind, value, where))
+
+
 def identity(cfg):
     """(uid, gid, dynamic_ownership) of the QEMU processes libvirt runs,
     or raise ValueError with a reason."""
     conf = conf_values(cfg["qemu_conf"])
-    user = cfg["qemu_user"] if cfg["qemu_user"] != "auto" else \
-        conf.get("user", DEFAULT_USER)
-    group = cfg["qemu_group"] if cfg["qemu_group"] != "auto" else \
-        conf.get("group", DEFAULT_GROUP)
-    try:
-        uid = resolve(user, "user")
-    except KeyError:
-        raise ValueError("QEMU's user %r (from %s) does not exist" %
-                         (user, cfg["qemu_conf"]))
-    try:
-        gid = resolve(group, "group")
-    except KeyError:
-        raise ValueError("QEMU's group %r (from %s) does not exist" %
-                         (group, cfg["qemu_conf"]))
-    return uid, gid, conf.get("dynamic_ownership", "1") != "0"
+    return (_lookup(cfg, conf, "user", DEFAULT_USER),
+            _lookup(cfg, conf, "group", DEFAULT_GROUP),
+            conf.get("dynamic_ownership", "1") != "0")

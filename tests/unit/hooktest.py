@@ -6,19 +6,25 @@ Run the tests with scripts/check, or by hand:
     /usr/bin/python3 -m unittest discover -s tests/unit -t tests/unit
 """
 
+import io
 import os
 import shutil
+import struct
+import subprocess
 import sys
 import tempfile
+import threading
 import unittest
+from unittest import mock
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "..", "scripts"))
 
-from relocate_hook import config, log  # noqa: E402
+from relocate_hook import config, domxml, log, state  # noqa: E402
 
 SCRIPTS = os.path.normpath(sys.path[0])
+UUID = "6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0001"
 
 
 class TempDirTest(unittest.TestCase):
@@ -29,6 +35,10 @@ class TempDirTest(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="relocate-unit.")
         self.addCleanup(shutil.rmtree, self.tmp, True)
         log.init(self.tmp)
+        # hook.log's lines go to stderr too: keep the test's output clean.
+        quiet = mock.patch("sys.stderr", io.StringIO())
+        quiet.start()
+        self.addCleanup(quiet.stop)
 
     def write(self, name, text):
         path = os.path.join(self.tmp, name)
@@ -58,7 +68,7 @@ class TempDirTest(unittest.TestCase):
             return ""
 
 
-def domain(*disks, name="vm1", uuid="6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0001",
+def domain(*disks, name="vm1", uuid=UUID,
            extra=""):
     """A domain's XML with these <disk> elements."""
     return ("<domain type='kvm'><name>%s</name><uuid>%s</uuid>%s"
@@ -80,3 +90,56 @@ def file_disk(dev="vdc", path="/var/lib/libvirt/images/data.img"):
     return ("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
             "<source file='%s'/><target dev='%s' bus='virtio'/></disk>" %
             (path, dev))
+
+
+def disk_of(xml_text, dev="vda"):
+    """The <disk> element of target dev in a domain's XML."""
+    for d in domxml.parse(xml_text).iter("disk"):
+        if d.find("target").get("dev") == dev:
+            return d
+    raise KeyError(dev)
+
+
+def bitmap_header(flags, magic=state.BITMAP_MAGIC, version=1):
+    """The filter's 16-byte bitmap header."""
+    return magic + struct.pack("<II", version, flags)
+
+
+# A stand-in for nbdkit: a process that sleeps with the marker as its
+# last argument ("deaf": it ignores SIGTERM, like an nbdkit with a hung
+# source).  Python, not /bin/sh -c: dash execs the last command of -c,
+# and sleep's command line no longer holds the marker.
+_SLEEPER = ("import signal, sys, time\n"
+            "if sys.argv[1] == 'deaf':\n"
+            "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(30)\n")
+
+
+def sleeper(test, marker, deaf=False, reap=True):
+    """Start a stand-in whose command line holds marker; it is killed and
+    reaped at the test's cleanup.  reap: a thread waits for it, as the
+    keeper waits for nbdkit, so that once it exits it leaves /proc (which
+    kill_process waits for); join proc.reaper to see how it ended."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER,
+                             "deaf" if deaf else "-", marker],
+                            stdout=subprocess.PIPE)
+    test.addCleanup(_end, proc)
+    proc.stdout.readline()      # its SIGTERM handling is set up
+    proc.reaper = threading.Thread(target=proc.wait, daemon=True)
+    if reap:
+        proc.reaper.start()
+    return proc
+
+
+def _end(proc):
+    if proc.returncode is None:
+        proc.kill()
+    proc.wait()
+    proc.stdout.close()
+
+
+def ended_by(proc):
+    """The signal that ended a reaped sleeper."""
+    proc.reaper.join(5)
+    return -proc.returncode if proc.returncode is not None else None

@@ -3,20 +3,12 @@
 import unittest
 import xml.etree.ElementTree as ET
 
-import hooktest
-from hooktest import domain, file_disk, nbd_disk
+from hooktest import disk_of, domain, file_disk, nbd_disk
 from relocate_hook import domxml
 
 LOCAL = {"this-host", "127.0.0.1"}
 TCP_REL = {"serve": "tcp", "serve_name": "this-host", "port": 10815}
 UNIX_REL = {"serve": "unix", "socket": "/var/lib/nbdkit-relocate/u/vda/nbd.sock"}
-
-
-def disk_of(xml_text, dev="vda"):
-    for d in domxml.parse(xml_text).iter("disk"):
-        if d.find("target").get("dev") == dev:
-            return d
-    raise KeyError(dev)
 
 
 class Source(unittest.TestCase):

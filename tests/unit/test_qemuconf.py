@@ -71,6 +71,13 @@ class QemuConf(hooktest.TempDirTest):
             self.identity('user = "nobody"\ngroup = "no-such-group"\n')
         self.assertEqual(str(e.exception), "QEMU's group 'no-such-group' (from "
                          "%s/qemu.conf) does not exist" % self.tmp)
+        # Set in hook.conf: the line names the key there.
+        with self.assertRaises(ValueError) as e:
+            self.identity('user = "nobody"\n', qemu_user="no-such-user")
+        self.assertEqual(str(e.exception), "qemu_user = no-such-user: no such user")
+        with self.assertRaises(ValueError) as e:
+            self.identity('user = "nobody"\n', qemu_group="+x")
+        self.assertEqual(str(e.exception), "qemu_group = +x: no such group")
 
 
 if __name__ == "__main__":
