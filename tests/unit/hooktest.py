@@ -3,7 +3,7 @@ configuration written to a temporary hook.conf, domain XML to feed it.
 
 Run the tests with scripts/check, or by hand:
 
-    /usr/bin/python3 -m unittest discover -s tests/unit -t tests/unit
+    /usr/bin/python3 tests/unit/run.py    (or: python3 -m unittest discover -s tests/unit)
 """
 
 import io
