@@ -2,7 +2,7 @@
 
 libvirt runs the thin entry point hooks/qemu.d/nbdkit-relocate, which
 calls events.main.  The modules are in one-way layers: each imports
-only modules above it in this list.
+only modules listed before it here (config is the bottom).
 
   config    hook.conf: the settings, their defaults, and why one is refused
   log       hook.log: one line per disk per event

@@ -5,6 +5,7 @@ hook.conf.example is in DEFAULTS, with the same default.
 """
 
 import configparser
+import os
 import re
 import socket
 
@@ -230,6 +231,7 @@ class Config:
 
 def load(path):
     """The configuration in path (a missing file: the defaults)."""
+    path = os.path.abspath(path)    # the keeper reads it again, from /
     cp = configparser.ConfigParser(interpolation=None, strict=False)
     cp["hook"] = DEFAULTS
     try:

@@ -104,7 +104,7 @@ def point_at_server(disk, rel):
 
 def names_server(disk, rel):
     """Does the disk's definition name this relocation's server?"""
-    src, host = _nbd_host(disk)
+    _, host = _nbd_host(disk)
     if host is None:
         return False
     if rel.get("serve", "unix") == "tcp":

@@ -237,6 +237,9 @@ def main(argv, conf_path):
         sys.exit("usage: nbdkit-relocate DOMAIN OPERATION SUB-OPERATION "
                  "[EXTRA]   (domain XML on stdin)")
     name, op, subop = argv[:3]
+    # What the hook and its servers create is root's alone unless made
+    # otherwise on purpose (the socket QEMU opens, the image's owner).
+    os.umask(0o077)
     cfg = config.load(conf_path)
     init_log(cfg["state_root"])
     xml_text = sys.stdin.read()

@@ -1,12 +1,12 @@
 """The keeper: the process that runs one relocation server and watches it.
 
-Over config, log, state and server.  server.start_server runs
+Over config, log, state and server.  Run by server.start_server as
 
-  python3 -m relocate_hook.keeper HOOK.CONF LOGFILE DOMAIN STANDBY -- NBDKIT-ARGS...
+  python3 -m relocate_hook.keeper HOOK.CONF DDISK DOMAIN STANDBY -- NBDKIT-ARGS...
 
 The keeper runs nbdkit in the foreground (nbdkit -f dies with its
-parent; the hook itself exits at once), its messages to LOGFILE in the
-disk's directory, records both pids, and waits.  It stops nbdkit:
+parent; the hook itself exits at once), its messages to nbdkit.log in
+the disk's directory DDISK, records both pids, and waits.  It stops nbdkit:
 
 - with STANDBY > 0 (the filter has no relocate-standby-timeout), when
   it has been in standby with no client for that long;
@@ -25,30 +25,33 @@ import time
 
 from . import config, state
 from .log import init as init_log, log
-from .server import ctl_status, kill_process, nbdkit_marker, server_clients
+from .server import ctl_status, server_clients
 
 
 class Keeper:
-    def __init__(self, cfg, logpath, name, standby, args):
+    def __init__(self, cfg, ddisk, name, standby, args):
         self.cfg, self.name, self.standby, self.args = cfg, name, standby, args
-        ddisk = os.path.dirname(logpath)
+        self.ddisk = ddisk
         self.target = os.path.basename(ddisk)
         self.rel = state.read_json(os.path.join(ddisk, "relocation.json")) or {}
-        self.marker = nbdkit_marker(ddisk)
         # The directory may move to the attic while nbdkit runs
         # (attic.move_aside): reach it through a descriptor, by a path
         # other processes can use too.
         self.dfd = os.open(ddisk, os.O_RDONLY | os.O_DIRECTORY)
         self.here = "/proc/%d/fd/%d" % (os.getpid(), self.dfd)
-        self.logpath = logpath
         self.child = None
 
     def _stop(self, why):
+        """SIGTERM nbdkit, SIGKILL after stop_grace (it is this process's
+        child: its pid cannot be reused before it is waited for)."""
         log("domain %r disk %s: %s: server stopped" %
             (self.name, self.target, why))
         state.mark(self.here, state.STOPPING)
-        kill_process(self.child.pid, self.marker,
-                     self.cfg.seconds("stop_grace"))
+        self.child.terminate()
+        try:
+            self.child.wait(self.cfg.seconds("stop_grace"))
+        except subprocess.TimeoutExpired:
+            self.child.kill()
 
     def _watch(self):
         """Until nbdkit exits: stop it when it idles (above)."""
@@ -91,11 +94,10 @@ class Keeper:
             return ""
 
     def run(self):
-        with open(self.logpath, "ab") as logf:
+        with open(os.path.join(self.ddisk, "nbdkit.log"), "ab") as logf:
             self.child = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
                                           stdout=logf, stderr=logf)
-        state.write_pids(os.path.dirname(self.logpath), os.getpid(),
-                         self.child.pid)
+        state.write_pids(self.ddisk, os.getpid(), self.child.pid)
         self._watch()
         rc = self.child.wait()
         if state.marked(self.here, state.STOPPING):
@@ -112,9 +114,9 @@ class Keeper:
 
 
 def main(argv):
-    """argv: HOOK.CONF LOGFILE DOMAIN STANDBY -- NBDKIT-ARGS..."""
+    """argv: HOOK.CONF DDISK DOMAIN STANDBY -- NBDKIT-ARGS..."""
     if len(argv) < 6 or argv[4] != "--":
-        sys.exit("usage: python3 -m relocate_hook.keeper HOOK.CONF LOGFILE "
+        sys.exit("usage: python3 -m relocate_hook.keeper HOOK.CONF DDISK "
                  "DOMAIN STANDBY -- NBDKIT-ARGS...")
     os.chdir("/")
     cfg = config.load(argv[0])

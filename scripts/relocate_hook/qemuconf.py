@@ -1,6 +1,6 @@
 """QEMU's user and group, as libvirt's qemu.conf sets them.
 
-Over config.  libvirt runs QEMU as qemu.conf's user and group (on
+Bottom layer (reads the Config it is handed).  libvirt runs QEMU as qemu.conf's user and group (on
 Debian, libvirt-qemu:kvm when they are not set); with serve = unix the
 relocation server's socket must be theirs.
 """

@@ -1,6 +1,6 @@
 """The relocation server's process: its command line, start, watch, stop.
 
-Over config, log and state.  A server is nbdkit --filter=relocate run
+Over state (and the Config it is handed).  A server is nbdkit --filter=relocate run
 by a keeper process (keeper.py): nbdkit -f dies with its parent, and
 the hook exits at once.  Processes are found by the pids the keeper
 recorded and signalled only while their command line still names the
@@ -91,7 +91,8 @@ def nbdkit_marker(ddisk):
 
 
 def keeper_marker(ddisk):
-    return os.path.join(ddisk, "nbdkit.log")
+    """What the keeper of this disk has on its command line."""
+    return ddisk
 
 
 def server_running(ddisk):
@@ -218,8 +219,11 @@ def start_server(cfg, ddisk, rel, ident, standby_param):
     state.unmark(ddisk, state.STOPPING)
     state.unmark(ddisk, state.ONWARD)
     standby = "0" if standby_param else str(cfg.seconds("standby_timeout"))
-    keeper_args = [sys.executable, "-B", "-m", "relocate_hook.keeper", cfg.path,
-                   keeper_marker(ddisk), rel["domain"], standby, "--"]
+    # -E -s: no PYTHON* variable, no user site; -m finds the package in
+    # cwd (LIBDIR); -B: no bytecode written there.
+    keeper_args = [sys.executable, "-B", "-E", "-s", "-m",
+                   "relocate_hook.keeper", cfg.path, keeper_marker(ddisk),
+                   rel["domain"], standby, "--"]
     proc = subprocess.Popen(keeper_args + nbdkit_args(cfg, rel, standby_param),
                             cwd=LIBDIR, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,11 +1,15 @@
 """A relocation's files on disk: its record, its pids, its port.
 
-Over config and log.  Each disk of each domain has a directory
+Over log (and the Config it is handed).  Each domain has a directory
+STATE_ROOT/UUID holding domain.json (its disks) and attic/ (see attic.py);
+STATE_ROOT/.ports.lock serialises the choice of ports.  Each disk of each domain has a directory
 STATE_ROOT/UUID/TARGET holding:
 
   relocation.json  the record: source, image, control socket, address
   disk.img         the image (and the filter's bitmap files beside it)
   control.sock     the filter's control socket
+  nbd.sock         the server, with serve = unix
+  nbdkit.pid       nbdkit's own pid file
   pids.json        the keeper's and nbdkit's pids
   nbdkit.log       nbdkit's messages
   stopping         the hook stops the server: not an exit by itself

@@ -137,8 +137,6 @@ class History(AtticTest):
         self.assertEqual(self.sources(),
                          ["host-now", "host-3", "host-2b", "host-2", "host-1"])
 
-    # Bug: the attic's names sort as text, so a tenth move in one second
-    # (TIME-vda.10) sorts after TIME-vda.9 and TIME-vda.2, not first.
     def test_order_ten_in_one_second(self):
         """Ten moves in one second: .10 is the newest of them."""
         self.at("20240101T100000-vda", "host-1")

@@ -108,6 +108,18 @@ class Reading(hooktest.TempDirTest):
         self.assertIsNone(cfg.error)
         self.assertEqual(cfg["ports"], config.DEFAULTS["ports"])
 
+    def test_relative_path(self):
+        """A relative path is made absolute: the keeper reads the same
+        file again, from /."""
+        self.write("rel.conf", "[hook]\nrate = 7M\n")
+        cwd = os.getcwd()
+        os.chdir(self.tmp)
+        self.addCleanup(os.chdir, cwd)
+        cfg = config.load("rel.conf")
+        self.assertEqual(cfg.path, os.path.join(self.tmp, "rel.conf"))
+        os.chdir("/")
+        self.assertEqual(config.load(cfg.path)["rate"], "7M")
+
     def test_later_key_wins(self):
         """A key given twice: the later one holds (strict=False)."""
         cfg = config.load(self.write("h.conf", "[hook]\nrate = 1M\nrate = 2M\n"))

@@ -118,9 +118,6 @@ class MigrateBegin(EventTest):
                 self.assertTrue(line.endswith("(%s)" % cfg.path), line)
                 self.assertFalse(os.path.exists(self.ddir))
 
-    # Bug: with qemu_user set in hook.conf, the reason says the user came
-    # from qemu.conf ("QEMU's user 'no-such-user' (from .../qemu.conf)
-    # does not exist"): it names neither the key nor where it was set.
     def test_refused_qemu_user(self):
         """qemu_user naming no user: refused, naming the key qemu_user."""
         xml_text = domain(nbd_disk("vda"))

@@ -1,7 +1,7 @@
 """One-way layers: no file uses one above it.
 
 The hook package's order is the list in relocate_hook/__init__.py
-(bottom last); the filter's is README.md's layout table (top first).
+(bottom first); the filter's is README.md's layout table (top first).
 """
 
 import ast
