@@ -413,6 +413,13 @@ bitmap_attach_volatile (void)
 }
 
 void
+bitmap_distrust_volatile (void)
+{
+  if (have_volatile)
+    vbitmap_distrust ();
+}
+
+void
 bitmap_unload (void)
 {
   if (fd >= 0)

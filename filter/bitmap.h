@@ -102,6 +102,12 @@ void bitmap_set_flag (uint32_t flag);    /* Set a header flag (dirty). */
 /* The first block >= from that is absent, or nblocks if none. */
 uint64_t bitmap_next_absent (uint64_t from);
 
+/* An fdatasync of the local file failed: the kernel may have dropped
+ * data that the volatile bitmap says is there.  Nothing but the
+ * bitmap file is trusted on restart.
+ */
+void bitmap_distrust_volatile (void);
+
 /* A copy of what is dirty, taken under the caller's lock and written
  * later by bitmap_write_snapshot, after the data it covers is durable.
  */

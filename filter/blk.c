@@ -63,7 +63,7 @@ static bool client_unsynced;
 
 /* After an fdatasync of the local file fails, Linux may have dropped
  * the data and will not report it again: never write the bitmap
- * again, and fail every flush.
+ * again, fail every flush, and distrust the volatile bitmap.
  */
 static bool sync_failed;                /* under persist_lock */
 
@@ -805,6 +805,12 @@ flush (bool for_client, int *err)
                   "updated again (restart nbdkit to recover)");
     state_set_failure (FAILURE_LOCAL, "fdatasync of the local file failed: restart nbdkit");
     sync_failed = true;
+    /* What reached the file since the last good sync may be gone: the
+     * restart must fetch it again, not trust the volatile bitmap.
+     */
+    pthread_mutex_lock (&lock);
+    bitmap_distrust_volatile ();
+    pthread_mutex_unlock (&lock);
     r = -1;
   }
   else if (snap && bitmap_write_snapshot (snap) == -1) {

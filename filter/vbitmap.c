@@ -102,6 +102,14 @@ vbitmap_close (void)
   words = NULL;
 }
 
+void
+vbitmap_distrust (void)
+{
+  if (map)
+    memset (map->magic, 0, 8);
+  trusted = false;
+}
+
 uint64_t
 vbitmap_word (uint64_t i)
 {

@@ -36,6 +36,11 @@ uint64_t vbitmap_word (uint64_t i);            /* bits of blocks 64i.. */
 void vbitmap_set_word (uint64_t i, uint64_t w); /* OR w into them */
 void vbitmap_set (uint64_t blk);
 
+/* Never trust the file again (a write to the local file may not have
+ * reached the disk): clear its magic, so that a restart starts empty.
+ */
+void vbitmap_distrust (void);
+
 /* The counters as last saved, if the file was trusted. */
 bool vbitmap_counters (uint64_t c[STATE_NCOUNTERS]);
 void vbitmap_save_counters (const uint64_t c[STATE_NCOUNTERS]);
