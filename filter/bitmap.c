@@ -598,8 +598,8 @@ bitmap_write_snapshot (struct bitmap_snapshot *s)
   if (s->counters_seq && fdatasync (fd) == -1)
     goto err;
   /* Complete: nothing can be lost now, the volatile bitmap can go. */
-  if (s->complete && path_volatile)
-    unlink (path_volatile);
+  if (s->complete && have_volatile)
+    vbitmap_remove ();
   return 0;
 
  err:

@@ -17,6 +17,7 @@
 #include <glib.h>
 #include <nbdkit-filter.h>
 
+#include "fileid.h"
 #include "params.h"
 #include "pace.h"
 #include "state.h"
@@ -44,7 +45,7 @@ static int listen_fd = -1;
 static int wake[2] = { -1, -1 };   /* control_stop writes here */
 static pthread_t thread;
 static bool running;
-static char *socket_path;
+static struct file_id socket_id = FILE_ID_INIT;   /* removed at stop */
 
 int
 control_parse_size (const char *s, uint64_t *out)
@@ -444,7 +445,10 @@ control_start (const char *path, unsigned mode)
     nbdkit_error ("relocate-control %s: %m", path);
     return -1;
   }
-  socket_path = g_strdup (path);
+  if (file_id_note (&socket_id, path) == -1) {
+    nbdkit_error ("relocate-control %s: %m", path);
+    return -1;
+  }
   if (pipe2 (wake, O_CLOEXEC) == -1) {
     nbdkit_error ("relocate-control: pipe: %m");
     return -1;
@@ -469,9 +473,7 @@ control_stop (void)
   }
   if (listen_fd >= 0) {
     close (listen_fd);
-    unlink (socket_path);
+    file_id_remove (&socket_id);
   }
   listen_fd = -1;
-  g_free (socket_path);
-  socket_path = NULL;
 }

@@ -13,6 +13,7 @@
 #include <glib.h>
 #include <nbdkit-filter.h>
 
+#include "fileid.h"
 #include "vbitmap.h"
 
 /* The file: this header (in the first 4096 bytes), then the bits as
@@ -32,6 +33,7 @@ static struct vheader *map;     /* the whole file, mapped */
 static uint64_t *words;         /* map + VHEADER_SIZE */
 static size_t map_len;
 static bool trusted;
+static struct file_id map_id = FILE_ID_INIT;   /* removed once complete */
 
 /* The kernel's id of this boot, or "" if it cannot be read. */
 static void
@@ -70,6 +72,10 @@ vbitmap_open (const char *path, const unsigned char id[16], uint64_t nblocks)
     return -1;
   }
   words = (uint64_t *) ((char *) map + VHEADER_SIZE);
+  if (file_id_note (&map_id, path) == -1) {
+    nbdkit_error ("relocate: volatile bitmap %s: %m", path);
+    return -1;
+  }
 
   trusted = (uint64_t) st.st_size == map_len &&
     memcmp (map->magic, VMAGIC, 8) == 0 && boot_id[0] &&
@@ -100,6 +106,13 @@ vbitmap_close (void)
     munmap (map, map_len);
   map = NULL;
   words = NULL;
+  file_id_forget (&map_id);
+}
+
+void
+vbitmap_remove (void)
+{
+  file_id_remove (&map_id);
 }
 
 void

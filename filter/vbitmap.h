@@ -32,6 +32,12 @@ int vbitmap_open (const char *path, const unsigned char id[16],
                   uint64_t nblocks);
 void vbitmap_close (void);
 
+/* Remove the file (fileid.h: wherever its directory went, and not a
+ * file that replaced it): once the relocation is complete it is of no
+ * use.
+ */
+void vbitmap_remove (void);
+
 uint64_t vbitmap_word (uint64_t i);            /* bits of blocks 64i.. */
 void vbitmap_set_word (uint64_t i, uint64_t w); /* OR w into them */
 void vbitmap_set (uint64_t blk);
