@@ -146,12 +146,21 @@ def _bindable(listen, port):
         s.close()
 
 
+def holds_port(rel):
+    """Does a current relocation keep its port?  Until it is complete:
+    a planned one is started later by a definition naming the port.
+    Once complete it needs the port only while its server runs, and a
+    running server has the port bound."""
+    flags = bitmap_flags(rel.get("file", "") + ".bitmap") or 0
+    return rel.get("serve") == "tcp" and not flags & COMPLETE
+
+
 def pick_port(cfg, bindable=_bindable):
-    """A port of cfg's range that no other relocation here was given and
-    that can be bound now, or None.  (Call with the ports lock held.)"""
+    """A port of cfg's range that no incomplete relocation here was given
+    and that can be bound now, or None.  (Call with the ports lock held.)"""
     first, last = cfg.port_range()
     taken = {int(r.get("port", 0)) for _, r in relocations(cfg["state_root"])
-             if r.get("serve") == "tcp"}
+             if holds_port(r)}
     ports = [p for p in range(first, last + 1) if p not in taken]
     random.shuffle(ports)
     for p in ports:

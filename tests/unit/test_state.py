@@ -7,7 +7,7 @@ import unittest
 
 import hooktest
 from hooktest import UUID, bitmap_header
-from relocate_hook import state
+from relocate_hook import config, state
 
 def mode(path):
     return os.stat(path).st_mode & 0o7777
@@ -137,6 +137,36 @@ class Relocations(hooktest.TempDirTest):
         cfg = self.config(ports="20000-20003")
         for _ in range(20):
             self.assertEqual(state.pick_port(cfg, lambda a, p: True), 20002)
+
+    def test_complete_relocation_gives_its_port_back(self):
+        """A complete relocation's port is free again (a running server
+        of it keeps it bound); an incomplete one's is not."""
+        ddisk, rel = self.relocation("u1/vda", port=20000)
+        rel["file"] = os.path.join(ddisk, "disk.img")
+        state.write_json(os.path.join(ddisk, "relocation.json"), rel)
+        cfg = self.config(ports="20000-20000")
+        self.write("root/u1/vda/disk.img.bitmap", "")
+        self.assertIsNone(state.pick_port(cfg, lambda a, p: True))
+        with open(rel["file"] + ".bitmap", "wb") as f:
+            f.write(bitmap_header(state.STARTED))
+        self.assertIsNone(state.pick_port(cfg, lambda a, p: True))
+        with open(rel["file"] + ".bitmap", "wb") as f:
+            f.write(bitmap_header(state.STARTED | state.COMPLETE))
+        self.assertEqual(state.pick_port(cfg, lambda a, p: True), 20000)
+
+    def test_150_relocations_through_100_ports(self):
+        """150 relocations planned one after another, each complete before
+        the next (the default 100 ports): none is refused for want of a
+        port, and no two incomplete ones share one."""
+        cfg = self.config(ports=config.DEFAULTS["ports"], listen="127.0.0.1")
+        ddir = os.path.join(self.root, UUID)
+        for i in range(150):
+            rel = state.plan(cfg, "vm%d" % i, ddir + "-%d" % i, "vda",
+                             "old-host", "10809", "disk1")
+            self.assertIsNotNone(rel, "relocation %d refused" % i)
+            with open(rel["file"] + ".bitmap", "wb") as f:
+                f.write(bitmap_header(state.STARTED | state.COMPLETE))
+        self.assertNotIn("no free port", self.hook_log())
 
     def test_pick_port_asks_bindable(self):
         """Ports bindable refuses are skipped; it is asked with listen."""
