@@ -10,10 +10,12 @@ wrote here (it would read that host's older copy).
 
 import os
 import re
+import shutil
 import time
 
 from . import domxml, state
-from .server import server_running, stop_disk_server
+from .log import log
+from .server import runs_from, server_running, stop_disk_server
 
 
 def move_aside(cfg, ddir, target):
@@ -42,6 +44,31 @@ def move_aside(cfg, ddir, target):
         dest += (" (its server still serves the host the domain moved on "
                  "to, and stops once that host is done with it)")
     return dest
+
+
+def sweep(cfg, ddir, now=None):
+    """Remove the attic copies older than attic_days that no server
+    uses any more, each with a hook.log line."""
+    keep = cfg.attic_seconds()
+    attic = os.path.join(ddir, "attic")
+    if keep is None or not os.path.isdir(attic):
+        return
+    now = time.time() if now is None else now
+    for name in sorted(os.listdir(attic)):
+        entry = os.path.join(attic, name)
+        try:
+            moved = time.mktime(time.strptime(name[:15], "%Y%m%dT%H%M%S"))
+        except ValueError:
+            continue            # not one of move_aside's
+        rel = state.read_json(os.path.join(entry, "relocation.json")) or {}
+        if now - moved < keep or runs_from(entry, rel):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        log("domain %r disk %s: removed %s from the attic (moved there %s, "
+            "attic_days = %s)" % (rel.get("domain", "?"), rel.get("target", "?"),
+                                 entry, time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                      time.localtime(moved)),
+                                 cfg["attic_days"]))
 
 
 def _age(name):

@@ -33,6 +33,7 @@ DEFAULTS = {
     "ports": "10810-10909",      # the relocation servers' TCP ports
     "onward_grace": "60",        # an onward server stops this long after its last client
     "qemu_log_dir": "/var/log/libvirt/qemu",
+    "attic_days": "7",           # attic copies older than this go; "forever": kept
 }
 
 # The start modes that are safe while the guest still runs, and
@@ -152,7 +153,21 @@ class Config:
                         (key, self[key]))
         return None
 
+    def attic_seconds(self):
+        """How long an attic copy is kept, or None: for ever."""
+        if self["attic_days"].strip() == "forever":
+            return None
+        return self.seconds("attic_days") * 86400
+
     def _check_numbers(self):
+        if self["attic_days"].strip() != "forever":
+            try:
+                days = self.seconds("attic_days")
+            except ValueError:
+                days = float("nan")
+            if not 0 <= days < float("inf"):
+                return ("attic_days = %s: a number of days, 0 or more, or "
+                        "forever" % self["attic_days"])
         for key in ("start_timeout", "standby_timeout", "stop_grace",
                     "onward_grace"):
             try:

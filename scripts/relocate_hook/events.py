@@ -90,6 +90,7 @@ def migrate_begin(cfg, name, xml_text):
              "; the previous state was moved to %s" % old if old else ""))
     state.write_json(os.path.join(ddir, "domain.json"),
                      {"name": name, "disks": planned})
+    attic.sweep(cfg, ddir)
     return domxml.tostring(root)
 
 
@@ -227,6 +228,7 @@ def release(cfg, name, xml_text):
         gone = server.stop_disk_server(cfg, ddisk)
         log("domain %r disk %s: %s" %
             (name, d["target"], _stopped_what(st, migrated, gone, d)))
+    attic.sweep(cfg, ddir)
 
 
 # ---- the entry point ----

@@ -101,6 +101,17 @@ def server_running(ddisk):
     return bool(pid) and alive(pid) and ours(pid, nbdkit_marker(ddisk))
 
 
+def runs_from(entry, rel):
+    """Does a process of rel's server (nbdkit or its keeper) still run,
+    now that its directory has moved to entry?  (Their command lines
+    name the directory where it was.)"""
+    ddisk = os.path.dirname(rel.get("control", ""))
+    pids = state.read_pids(entry)
+    return any(pid and alive(pid) and ours(pid, marker) for pid, marker in
+               ((pids.get("nbdkit"), nbdkit_marker(ddisk)),
+                (pids.get("keeper"), keeper_marker(ddisk))))
+
+
 def stop_disk_server(cfg, ddisk):
     """Stop the server of one disk directory: nbdkit by its pid (it may
     ignore SIGTERM, e.g. with a hung source), then its keeper.  True if

@@ -3,6 +3,7 @@ left to serve the next host), and the starts they refuse."""
 
 import os
 import re
+import time
 import unittest
 from unittest import mock
 
@@ -234,6 +235,70 @@ class Rollback(AtticTest):
         self.assertIn("would read nbd://older-host:10809/disk1 again", why)
         self.assertIn("The relocation is not complete: point the disk at its "
                       "server (nbd://this-host:10815)", why)
+
+
+class Sweep(AtticTest):
+    """sweep: attic copies go once attic_days old and unused."""
+
+    NOW = 1700000000.0
+
+    def moved(self, days_ago, target="vda"):
+        """An attic copy moved aside days_ago days before NOW, as
+        move_aside names it; returns (its directory, its record)."""
+        when = time.strftime("%Y%m%dT%H%M%S",
+                             time.localtime(self.NOW - days_ago * 86400))
+        entry = os.path.join(self.attic, "%s-%s" % (when, target))
+        rel = relocation(entry)
+        # The record names where the relocation was before the move.
+        rel.update(control=os.path.join(self.ddisk, "control.sock"))
+        state.write_json(os.path.join(entry, "relocation.json"), rel)
+        return entry, rel
+
+    def sweep(self, **keys):
+        attic.sweep(self.config(**keys), self.ddir, now=self.NOW)
+
+    def test_old_copy_removed(self):
+        """Older than attic_days, no server: removed, with a log line."""
+        old, _ = self.moved(8)
+        young, _ = self.moved(6)
+        self.sweep(attic_days="7")
+        self.assertFalse(os.path.exists(old))
+        self.assertTrue(os.path.exists(young))
+        self.assertRegex(self.hook_log(), r"domain 'vm1' disk vda: removed %s "
+                         r"from the attic \(moved there [0-9T:-]+, attic_days "
+                         r"= 7\)" % re.escape(old))
+
+    def test_forever(self):
+        """attic_days = forever: nothing is removed."""
+        old, _ = self.moved(1000)
+        self.sweep(attic_days="forever")
+        self.assertTrue(os.path.exists(old))
+
+    def test_in_use(self):
+        """A server still serving from the attic (its command line names
+        the directory where it was) keeps its copy, however old."""
+        old, rel = self.moved(30)
+        nbdkit = sleeper(self, server.nbdkit_marker(self.ddisk))
+        state.write_pids(old, 0, nbdkit.pid)
+        self.sweep(attic_days="0")
+        self.assertTrue(os.path.exists(old))
+        # Its keeper alone keeps it too.
+        keeper = sleeper(self, server.keeper_marker(self.ddisk))
+        state.write_pids(old, keeper.pid, 0)
+        self.sweep(attic_days="0")
+        self.assertTrue(os.path.exists(old))
+        # A process whose command line names another directory does not.
+        other = sleeper(self, server.nbdkit_marker(self.ddisk + "x"))
+        state.write_pids(old, 0, other.pid)
+        self.sweep(attic_days="0")
+        self.assertFalse(os.path.exists(old))
+
+    def test_other_names_kept(self):
+        """What move_aside did not name is not the sweep's."""
+        stray = os.path.join(self.attic, "notes")
+        os.makedirs(stray)
+        self.sweep(attic_days="0")
+        self.assertTrue(os.path.exists(stray))
 
 
 if __name__ == "__main__":

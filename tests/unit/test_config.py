@@ -34,6 +34,7 @@ GOOD = {
     "ports": ["10810-10909", "20000-20000", " 1 - 65535 "],
     "onward_grace": ["60", "0"],
     "qemu_log_dir": ["/var/log/libvirt/qemu"],
+    "attic_days": ["7", "0", "0.5", "forever"],
 }
 BAD = {
     "state_root": ["var/lib/nbdkit-relocate", ""],
@@ -60,6 +61,7 @@ BAD = {
     "ports": ["10810", "10909-10810", "0-10", "1-65536", "a-b"],
     "onward_grace": ["-1", "an hour"],
     "qemu_log_dir": ["log"],
+    "attic_days": ["-1", "never", "inf", ""],
 }
 
 
