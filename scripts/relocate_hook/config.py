@@ -5,6 +5,7 @@ hook.conf.example is in DEFAULTS, with the same default.
 """
 
 import configparser
+import math
 import os
 import re
 import socket
@@ -34,6 +35,8 @@ DEFAULTS = {
     "onward_grace": "60",        # an onward server stops this long after its last client
     "qemu_log_dir": "/var/log/libvirt/qemu",
     "attic_days": "7",           # attic copies older than this go; "forever": kept
+    "restarts": "5",             # a server that dies is started again, at most
+    "restart_window": "60",      # this many times in this many seconds
 }
 
 # The start modes that are safe while the guest still runs, and
@@ -60,6 +63,15 @@ def parse_size(value):
     if not m:
         return None
     return int(m.group(1)) * _SCALE[m.group(2).lower()]
+
+
+def _finite(value):
+    """A finite number, or None."""
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
 
 
 def is_loopback(name):
@@ -160,26 +172,22 @@ class Config:
         return self.seconds("attic_days") * 86400
 
     def _check_numbers(self):
-        if self["attic_days"].strip() != "forever":
-            try:
-                days = self.seconds("attic_days")
-            except ValueError:
-                days = float("nan")
-            if not 0 <= days < float("inf"):
-                return ("attic_days = %s: a number of days, 0 or more, or "
-                        "forever" % self["attic_days"])
+        positive = ("start_timeout", "restart_window")
         for key in ("start_timeout", "standby_timeout", "stop_grace",
-                    "onward_grace"):
-            try:
-                v = self.seconds(key)
-            except ValueError:
-                v = float("nan")
-            if not v >= 0 or v == float("inf") or \
-                    (key == "start_timeout" and v == 0):
-                return ("%s = %s: a number of seconds%s" %
+                    "onward_grace", "restart_window", "attic_days"):
+            if key == "attic_days" and self[key].strip() == "forever":
+                continue
+            v = _finite(self[key])
+            if v is None or v < 0 or (key in positive and v == 0):
+                return ("%s = %s: a number of %s, %s%s" %
                         (key, self[key],
-                         ", more than 0" if key == "start_timeout" else
-                         ", 0 or more"))
+                         "days" if key == "attic_days" else "seconds",
+                         "more than 0" if key in positive else "0 or more",
+                         ", or forever" if key == "attic_days" else ""))
+        if not re.fullmatch(r"\d+", self["restarts"].strip()):
+            return ("restarts = %s: how many times a server that died is "
+                    "started again within restart_window, 0 or more" %
+                    self["restarts"])
         return None
 
     def _check_sizes(self):

@@ -27,6 +27,11 @@ from . import config, state
 from .log import init as init_log, log
 from .server import ctl_status, server_clients
 
+# The line the keeper writes into nbdkit.log before each start.
+STARTING = "nbdkit-relocate-hook: starting nbdkit"
+# How long after an exit nbdkit is started again.
+RESTART_DELAY = 0.3
+
 
 class Keeper:
     def __init__(self, cfg, ddisk, name, standby, args):
@@ -85,32 +90,93 @@ class Keeper:
                 return
 
     def _last_message(self):
+        """nbdkit's last message since the keeper last started it."""
         try:
             with open(os.path.join(self.here, "nbdkit.log"),
                       errors="replace") as f:
-                lines = [l for l in f.read().splitlines() if l.strip()]
-            return ": " + lines[-1].strip() if lines else ""
+                text = f.read().rsplit(STARTING, 1)[-1]
         except OSError:
             return ""
+        lines = [l for l in text.splitlines()[1:] if l.strip()]
+        return ": " + lines[-1].strip() if lines else ""
+
+    def _start(self):
+        """Start nbdkit, its messages to nbdkit.log after a line saying
+        so, and record the pids.  False (logged) if it cannot run."""
+        with open(os.path.join(self.here, "nbdkit.log"), "ab") as logf:
+            logf.write(("%s %s\n" % (state.now(), STARTING)).encode())
+            logf.flush()
+            try:
+                self.child = subprocess.Popen(self.args,
+                                              stdin=subprocess.DEVNULL,
+                                              stdout=logf, stderr=logf)
+            except OSError as e:
+                why = "cannot run %s: %s" % (self.args[0], e.strerror)
+                logf.write((why + "\n").encode())
+                log("domain %r disk %s: relocation server: %s" %
+                    (self.name, self.target, why))
+                return False
+        state.write_pids(self.here, os.getpid(), self.child.pid)
+        return True
+
+    def _no_restart(self, rc, restarts):
+        """Why nbdkit, which exited by itself with status rc, is not
+        started again, or None."""
+        limit = int(self.cfg["restarts"])
+        window = self.cfg.seconds("restart_window")
+        if rc == 0:
+            return "it stopped cleanly (status 0): not started again"
+        if limit == 0:
+            return "not started again (restarts = 0)"
+        if not os.path.samestat(os.stat(self.ddisk), os.fstat(self.dfd)):
+            return ("not started again: its directory was moved aside, "
+                    "and its command line names the new relocation's files")
+        recent = [t for t in restarts if time.time() - t < window]
+        if len(recent) >= limit:
+            return ("it was started again %d times in %g s (restarts, "
+                    "restart_window): given up" % (len(recent), window))
+        return None
 
     def run(self):
-        with open(os.path.join(self.ddisk, "nbdkit.log"), "ab") as logf:
-            self.child = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
-                                          stdout=logf, stderr=logf)
-        state.write_pids(self.ddisk, os.getpid(), self.child.pid)
-        self._watch()
-        rc = self.child.wait()
-        if state.marked(self.here, state.STOPPING):
+        """Run nbdkit until it is stopped, or exits and is not started
+        again."""
+        restarts = []
+        if not self._start():
             return
-        last = self._last_message()
-        m = re.search(r"no client in standby for (\d+) s", last)
-        if rc == 0 and m:       # the filter's relocate-standby-timeout
-            log("domain %r disk %s: no client came in %s s of standby "
-                "(the migration failed before QEMU started?): server stopped"
-                % (self.name, self.target, m.group(1)))
-        else:
-            log("domain %r disk %s: relocation server exited by itself "
-                "(status %d)%s" % (self.name, self.target, rc, last))
+        while True:
+            self._watch()
+            rc = self.child.wait()
+            if state.marked(self.here, state.STOPPING):
+                return
+            last = self._last_message()
+            m = re.search(r"no client in standby for (\d+) s", last)
+            if rc == 0 and m:       # the filter's relocate-standby-timeout
+                log("domain %r disk %s: no client came in %s s of standby "
+                    "(the migration failed before QEMU started?): server "
+                    "stopped" % (self.name, self.target, m.group(1)))
+                return
+            what = ("domain %r disk %s: relocation server exited by itself "
+                    "(status %d)%s" % (self.name, self.target, rc, last))
+            why_not = self._no_restart(rc, restarts)
+            if why_not:
+                log("%s; %s" % (what, why_not))
+                return
+            restarts.append(time.time())
+            log("%s; started again over the same files (%d of restarts = %s "
+                "in restart_window = %s s)" %
+                (what, len([t for t in restarts
+                            if time.time() - t < self.cfg.seconds("restart_window")]),
+                 self.cfg["restarts"], self.cfg["restart_window"]))
+            if self.rel.get("serve") == "unix":
+                # nbdkit 1.32 leaves its socket behind and will not
+                # start over it.
+                try:
+                    os.unlink(os.path.join(self.here, "nbd.sock"))
+                except OSError:
+                    pass
+            time.sleep(RESTART_DELAY)
+            if not self._start():
+                return
 
 
 def main(argv):

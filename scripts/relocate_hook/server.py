@@ -229,13 +229,22 @@ def start_server(cfg, ddisk, rel, ident, standby_param):
     uid, gid, dynamic = ident
     state.unmark(ddisk, state.STOPPING)
     state.unmark(ddisk, state.ONWARD)
+    if rel["serve"] == "unix":
+        # nbdkit 1.32 leaves its socket behind, and will not start over it.
+        try:
+            os.unlink(rel["socket"])
+        except FileNotFoundError:
+            pass
     standby = "0" if standby_param else str(cfg.seconds("standby_timeout"))
+    # Recorded beside the relocation: how to run its server by hand.
+    rel["command"] = nbdkit_args(cfg, rel, standby_param)
+    state.write_json(os.path.join(ddisk, "relocation.json"), rel)
     # -E -s: no PYTHON* variable, no user site; -m finds the package in
     # cwd (LIBDIR); -B: no bytecode written there.
     keeper_args = [sys.executable, "-B", "-E", "-s", "-m",
                    "relocate_hook.keeper", cfg.path, keeper_marker(ddisk),
                    rel["domain"], standby, "--"]
-    proc = subprocess.Popen(keeper_args + nbdkit_args(cfg, rel, standby_param),
+    proc = subprocess.Popen(keeper_args + rel["command"],
                             cwd=LIBDIR, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True)

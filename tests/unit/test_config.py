@@ -35,6 +35,8 @@ GOOD = {
     "onward_grace": ["60", "0"],
     "qemu_log_dir": ["/var/log/libvirt/qemu"],
     "attic_days": ["7", "0", "0.5", "forever"],
+    "restarts": ["5", "0", "100"],
+    "restart_window": ["60", "0.5"],
 }
 BAD = {
     "state_root": ["var/lib/nbdkit-relocate", ""],
@@ -62,6 +64,8 @@ BAD = {
     "onward_grace": ["-1", "an hour"],
     "qemu_log_dir": ["log"],
     "attic_days": ["-1", "never", "inf", ""],
+    "restarts": ["-1", "1.5", "many", ""],
+    "restart_window": ["0", "-1", "a minute"],
 }
 
 
@@ -145,6 +149,15 @@ class Reading(hooktest.TempDirTest):
         self.assertTrue(cfg.refusal().startswith("cannot read %s: " % path))
         self.assertNotIn("\n", cfg.refusal())
         self.assertEqual(cfg["rate"], config.DEFAULTS["rate"])
+
+    def test_not_utf8(self):
+        """Bytes that are not UTF-8: refused, naming the file, on one line."""
+        path = os.path.join(self.tmp, "hook.conf")
+        with open(path, "wb") as f:
+            f.write(b"[hook]\nrate = \xff\n")
+        why = config.load(path).refusal()
+        self.assertTrue(why.startswith("cannot read %s: " % path), why)
+        self.assertNotIn("\n", why)
 
     def test_start_refusal_says_why(self):
         """start = immediate: the line says which modes are safe and why."""

@@ -5,10 +5,12 @@ No nbdkit here: prepare is only called where it refuses or has nothing
 to start, and release only meets a stand-in process (the shell tests
 run the real server)."""
 
+import io
 import os
 import signal
 import socket
 import unittest
+from unittest import mock
 
 import hooktest
 from hooktest import (UUID, bitmap_header, disk_of, domain, ended_by,
@@ -292,6 +294,78 @@ class LeftByMigration(EventTest):
                 self.write("vm1.log", start + text)
                 self.assertIs(events.left_by_migration(self.cfg, "vm1"),
                               migrated)
+
+
+class Main(EventTest):
+    """main: the hook as libvirt calls it, XML on stdin, on stdout."""
+
+    def setUp(self):
+        # main makes the files it creates root's alone: put the umask back.
+        self.addCleanup(os.umask, os.umask(0o022))
+        super().setUp()
+
+    def configure(self, **keys):
+        # main logs to state_root/hook.log: where hook_log() reads.
+        return super().configure(state_root=self.tmp, **keys)
+
+    def main(self, op, subop, xml_text, *extra):
+        """main's output; its SystemExit is the caller's to catch."""
+        out = io.StringIO()
+        with mock.patch("sys.stdin", io.StringIO(xml_text)), \
+                mock.patch("sys.stdout", out):
+            events.main(["vm1", op, subop, *extra], self.cfg.path)
+        return out.getvalue()
+
+    def exit_status(self, op, subop, xml_text):
+        with self.assertRaises(SystemExit) as cm:
+            self.main(op, subop, xml_text)
+        return cm.exception.code
+
+    def test_migrate_begin(self):
+        """migrate begin prints the XML with vda at this host's server."""
+        out = self.main("migrate", "begin", domain(nbd_disk("vda")), "-")
+        hosts = disk_of(out, "vda").findall("source/host")
+        self.assertEqual([h.attrib for h in hosts],
+                         [{"name": "this-host",
+                           "port": str(self.relocation()["port"])}])
+
+    def test_migrate_begin_not_xml(self):
+        """Text that is not XML: printed back unchanged, logged."""
+        self.assertEqual(self.main("migrate", "begin", "<domain"), "<domain")
+        self.assertTrue(self.log_line("cannot parse").startswith(
+            "domain 'vm1': cannot parse the domain XML: "))
+
+    def test_prepare_exit_status(self):
+        """prepare begin exits 1 when it refuses a start, else 0."""
+        old = domain(nbd_disk("vda"))
+        self.main("migrate", "begin", old)
+        self.assertEqual(self.exit_status("prepare", "begin", old), 0)
+        with open(self.relocation()["file"] + ".bitmap", "wb") as f:
+            f.write(bitmap_header(state.STARTED))
+        self.assertEqual(self.exit_status("prepare", "begin", old), 1)
+        self.log_line("start refused")
+
+    def test_other_operations(self):
+        """Another operation: nothing printed, nothing done or logged."""
+        for op, subop in (("started", "begin"), ("migrate", "end"),
+                          ("prepare", "end"), ("release", "begin")):
+            with self.subTest(op=op, subop=subop):
+                self.assertEqual(self.main(op, subop,
+                                           domain(nbd_disk("vda"))), "")
+                self.assertFalse(os.path.exists(self.ddir))
+                self.assertEqual(self.hook_log(), "")
+
+    def test_usage(self):
+        """Fewer than 3 arguments: exits with the usage message."""
+        with self.assertRaises(SystemExit) as cm:
+            events.main(["vm1", "migrate"], self.cfg.path)
+        self.assertTrue(str(cm.exception.code).startswith(
+            "usage: nbdkit-relocate DOMAIN OPERATION SUB-OPERATION"))
+
+    def test_umask(self):
+        """main sets the umask to 077."""
+        self.main("started", "begin", "")
+        self.assertEqual(os.umask(0o022), 0o077)
 
 
 if __name__ == "__main__":
