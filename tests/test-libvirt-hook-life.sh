@@ -231,8 +231,12 @@ pr=$($PY -c 'import random; print(random.randrange(20000, 60000, 100))')
 tconf () {  # tconf FILE ROOT SERVE_NAME PORT0 [KEY = VALUE lines]
     local f=$1 r=$2 n=$3 p0=$4; shift 4
     conf "$f" "state_root = $r" "serve = tcp" "serve_name = $n" \
-        "listen = 127.0.0.1" "ports = $p0-$((p0 + 19))" "onward_grace = 2" "$@"
+        "listen = 127.0.0.1" "ports = $p0-$((p0 + 19))" "onward_grace = 2" \
+        "qemu_log_dir = $r" "$@"
 }
+# qemu_exit DOMAIN ROOT REASON: the line libvirt writes to the domain's
+# QEMU log when QEMU stops (migrated: it left this host by migration).
+qemu_exit () { echo "2024-01-01 00:00:00.000+0000: shutting down, reason=$3" >> "$2/$1.log"; }
 tconf "$tmp/b.conf" "$tmp/rootB" localhost "$pr"
 tconf "$tmp/c.conf" "$tmp/rootC" 127.0.0.1 $((pr + 50))
 host_of () { $PY -c 'import sys,xml.etree.ElementTree as E; h=E.parse(sys.argv[1]).getroot().find(".//source/host"); print("%s:%s" % (h.get("name"), h.get("port")))' "$1"; }
@@ -263,6 +267,7 @@ grep -q "domain 'vm7' disk vda: relocating nbd://$hb/disk1 to $DC/disk.img" "$tm
     fail "C does not relocate from B: $(cat "$tmp/rootC/hook.log")"
 pb=$(nbdkit_pid "$DB")
 # The domain leaves B: B's server keeps serving C's relocation.
+qemu_exit vm7 "$tmp/rootB" migrated
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 stopped end - < "$tmp/b7.xml" || fail "stopped end (B)"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 release end - < "$tmp/b7.xml" || fail "release end (B)"
 sleep 3
@@ -294,6 +299,35 @@ $NBDIO compare "nbd://$hc/disk1" "$tmp/guest7.img" || fail "the restarted server
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 release end - < "$tmp/c7.xml" || fail "release end (C, again)"
 pass "B's stale copy is refused; C's definition restarts C's server over its files"
 
+# ---- a stray client at virsh destroy ----
+# Not the next host (the domain did not migrate): it neither keeps the
+# server serving nor makes this copy stale.
+sed "s/@NAME@/vm9/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0009/" "$SAMPLES/one-disk.xml" > "$tmp/vm9.xml"
+D9=$tmp/rootB/6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0009/vda
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf migrate_in vm9 "$tmp/vm9.xml" "$tmp/b9.xml" || fail "A -> B (vm9)"
+cp "$tmp/a.img" "$tmp/guest9.img"
+$NBDIO writes "nbd://$(host_of "$tmp/b9.xml")/disk1" "$tmp/guest9.img" 11 5 || fail "guest writes on B (vm9)"
+p9=$(nbdkit_pid "$D9")
+$PY - "$(host_of "$tmp/b9.xml")" "$tmp/stray.ready" <<'PYEOF' &
+import socket, sys, time
+host, port = sys.argv[1].split(":")
+s = socket.create_connection((host, int(port)))
+open(sys.argv[2], "w").close()
+time.sleep(60)
+PYEOF
+stray=$!
+clients+=("$stray")
+wait_for test -e "$tmp/stray.ready" || fail "the stray client did not connect"
+qemu_exit vm9 "$tmp/rootB" destroyed
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm9 release end - < "$tmp/b9.xml" || fail "release end (vm9)"
+! running "$p9" || fail "a stray client kept the server serving after destroy"
+[ ! -e "$D9/moved-on" ] || fail "a stray client made the hook write moved-on"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm9 prepare begin - < "$tmp/b9.xml" ||
+    fail "the next start was refused: $(grep vm9 "$tmp/rootB/hook.log" | tail -n 1)"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm9 release end - < "$tmp/b9.xml" || fail "release end (vm9, again)"
+kill "$stray" 2>/dev/null || :
+pass "a stray client at destroy: the server stops, the next start is not refused"
+
 # ---- A -> B -> C -> B, back before C has anything of its own ----
 # B's first stay is incomplete (a slow background copy), C never
 # leaves standby; when the domain comes back to B, B's first server is
@@ -311,8 +345,10 @@ $NBDIO writes "nbd://$(host_of "$tmp/b8.xml")/disk1" "$tmp/guest8.img" 9 20 || f
 pb8=$(nbdkit_pid "$DB8")
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf migrate_in vm8 "$tmp/b8.xml" "$tmp/c8.xml" || fail "B -> C (vm8)"
 pc8=$(nbdkit_pid "$DC8")
+qemu_exit vm8 "$tmp/rootB" migrated
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b8.conf "$HOOK" vm8 release end - < "$tmp/b8.xml" || fail "release end (B, vm8)"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf migrate_in vm8 "$tmp/c8.xml" "$tmp/b8b.xml" || fail "C -> B (vm8)"
+qemu_exit vm8 "$tmp/rootC" migrated
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm8 release end - < "$tmp/c8.xml" || fail "release end (C, vm8)"
 running "$pb8" || fail "B's first server was stopped while C still read from it"
 grep -q "domain 'vm8' disk vda: relocating nbd://$(host_of "$tmp/c8.xml")/disk1 to $DB8/disk.img .*its server still serves the host the domain moved on to" "$tmp/rootB/hook.log" ||
@@ -323,6 +359,7 @@ $NBDIO writes "nbd://$hb8/disk1" "$tmp/guest8.img" 10 20 || fail "guest writes o
 "$RELOCATECTL" wait --timeout 60 "$DB8/control.sock" || fail "B's new relocation did not complete"
 wait_for bash -c "! kill -0 $pc8 2>/dev/null" || fail "C's server still runs after B completed"
 wait_for bash -c "! kill -0 $pb8 2>/dev/null" || fail "B's first server still runs after C's stopped"
+qemu_exit vm8 "$tmp/rootB" destroyed
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm8 release end - < "$tmp/b8b.xml" || fail "release end (B, vm8, again)"
 cmp "$DB8/disk.img" "$tmp/guest8.img" || fail "A->B->C->B: the file on B differs"
 pass "A -> B -> C -> B with B's first copy incomplete: its server kept serving from the attic, byte-exact on B, every server stopped after"

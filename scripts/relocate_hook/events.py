@@ -211,9 +211,12 @@ def release(cfg, name, xml_text):
             continue        # stopped already (an earlier event, or by itself)
         if state.marked(ddisk, state.ONWARD):
             continue        # handed over already (stopped end, then release end)
-        # This domain's QEMU has exited: a client now is another host.
-        clients = server.server_clients(rel)
-        if migrated or clients > 0:
+        # This domain's QEMU has exited.  Only if it migrated away is a
+        # client the next host, relocating from here; any other (a
+        # stray nbdsh, a probe) neither keeps the server nor makes this
+        # copy stale.
+        clients = server.server_clients(rel) if migrated else 0
+        if migrated:
             state.write_json(os.path.join(ddisk, state.MOVED_ON),
                              {"when": state.now(), "clients": clients})
         if clients > 0:

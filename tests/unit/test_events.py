@@ -5,6 +5,7 @@ No nbdkit here: prepare is only called where it refuses or has nothing
 to start, and release only meets a stand-in process (the shell tests
 run the real server)."""
 
+import contextlib
 import io
 import os
 import signal
@@ -255,13 +256,21 @@ class Release(EventTest):
             "not answer (hung source?) and was killed; the relocation is "
             "incomplete")
 
-    def test_hands_over(self):
-        """A client still reading: the server keeps serving, marked onward."""
-        nbdkit = self.server()
+    def connected(self):
+        """A client connected to the relocation's port while in the block."""
         port = self.relocation()["port"]
-        with socket.create_server(("127.0.0.1", port)) as lsock, \
-                socket.create_connection(("127.0.0.1", port)), \
-                lsock.accept()[0]:
+        stack = contextlib.ExitStack()
+        lsock = stack.enter_context(socket.create_server(("127.0.0.1", port)))
+        stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+        stack.enter_context(lsock.accept()[0])
+        return stack
+
+    def test_hands_over(self):
+        """Migrated away and a client still reading (the next host): the
+        server keeps serving, marked onward."""
+        nbdkit = self.server()
+        self.migrated_away()
+        with self.connected():
             self.release()
             self.release()
         self.assertTrue(server.alive(nbdkit.pid))
@@ -273,6 +282,17 @@ class Release(EventTest):
             "left this host and 1 client(s) still read from its server (the "
             "next host relocating it from here): the server keeps serving, "
             "and stops 60 s after its last client has gone")
+
+
+    def test_stray_client(self):
+        """Not migrated (virsh destroy), a client connected (a stray
+        nbdsh): the server stops and the copy is not marked moved on."""
+        nbdkit = self.server()
+        with self.connected():
+            self.release()
+        self.assertEqual(ended_by(nbdkit), signal.SIGTERM)
+        self.assertFalse(state.marked(self.ddisk, state.MOVED_ON))
+        self.assertFalse(state.marked(self.ddisk, state.ONWARD))
 
 
 class LeftByMigration(EventTest):
