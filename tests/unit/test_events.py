@@ -281,7 +281,7 @@ class Release(EventTest):
             self.log_line("still read"), "domain 'vm1' disk vda: the domain "
             "left this host and 1 client(s) still read from its server (the "
             "next host relocating it from here): the server keeps serving, "
-            "and stops 60 s after its last client has gone")
+            "and stops 3600 s after its last client has gone")
 
 
     def test_stray_client(self):
