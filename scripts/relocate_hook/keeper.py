@@ -119,6 +119,14 @@ class Keeper:
         state.write_pids(self.here, os.getpid(), self.child.pid)
         return True
 
+    def _in_place(self):
+        """Is the disk's directory still where nbdkit's command line
+        says (not moved to the attic)?"""
+        try:
+            return os.path.samestat(os.stat(self.ddisk), os.fstat(self.dfd))
+        except OSError:
+            return False
+
     def _no_restart(self, rc, restarts):
         """Why nbdkit, which exited by itself with status rc, is not
         started again, or None."""
@@ -128,7 +136,7 @@ class Keeper:
             return "it stopped cleanly (status 0): not started again"
         if limit == 0:
             return "not started again (restarts = 0)"
-        if not os.path.samestat(os.stat(self.ddisk), os.fstat(self.dfd)):
+        if not self._in_place():
             return ("not started again: its directory was moved aside, "
                     "and its command line names the new relocation's files")
         recent = [t for t in restarts if time.time() - t < window]
@@ -175,7 +183,7 @@ class Keeper:
                 except OSError:
                     pass
             time.sleep(RESTART_DELAY)
-            if not self._start():
+            if state.marked(self.here, state.STOPPING) or not self._start():
                 return
 
 

@@ -230,6 +230,14 @@ class Restart(KeeperTest):
                       self.log_line("exited"))
         self.assertEqual(os.listdir(self.ddisk), [])
 
+    def test_moved_and_gone_not_restarted(self):
+        """Moved aside and nothing at the old path: not started again."""
+        k = self.keeper(exits(3, "nbdkit: error: broken"))
+        os.rename(self.ddisk, self.ddisk + ".attic")
+        self.run_keeper(k)
+        self.assertIn("not started again: its directory was moved aside",
+                      self.log_line("exited"))
+
 
 @mock.patch("relocate_hook.keeper.server_clients", return_value=0)
 class Onward(KeeperTest):
