@@ -169,6 +169,20 @@ blkfile_open (uint64_t new_size)
         fdatasync (blk_fd) == -1))) {
     nbdkit_error ("relocate-file %s: cannot size to %" PRIu64 ": %m",
                   cfg.file, blk_export_size);
+    if (recovered > 0)
+      bitmap_distrust_volatile ();
+    return -1;
+  }
+  /* The blocks recovered from the volatile bitmap are in the page
+   * cache, perhaps not on the disk: they are trusted only once a sync
+   * says they reached it.  A failed writeback is reported to this
+   * sync, and the next start fetches them again.
+   */
+  if (recovered > 0 && fdatasync (blk_fd) == -1) {
+    nbdkit_error ("relocate-file %s: fdatasync of the %" PRIi64 " blocks "
+                  "written before the last run ended failed: %m (they are "
+                  "fetched again at the next start)", cfg.file, recovered);
+    bitmap_distrust_volatile ();
     return -1;
   }
   return 0;

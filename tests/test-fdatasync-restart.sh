@@ -55,3 +55,52 @@ assert got == src[4 << 20:(4 << 20) + n], \
 assert h.pread(65536, 0) == b"w" * 65536, "the flushed write was lost"
 PYEOF
 pass "after the restart the never-synced range is fetched again; the flushed write is there"
+
+# The same after a crash: blocks fetched since the last sync are trusted
+# at the next start (same boot) only once that start's sync succeeds.
+# Fetched, not synced, nbdkit killed; the range is punched out (what a
+# failed writeback leaves) and the next start's fdatasync fails: it must
+# refuse to serve, and the start after it fetch the range again.
+$PY - "$(uri dst)" <<'PYEOF' || fail "fetch before the crash"
+import sys, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+h.pread(1 << 20, 6 << 20)               # fetched: 6 MiB .. 7 MiB, not synced
+PYEOF
+stop_server dst KILL
+rm -f "$tmp/dst.sock"
+fallocate --punch-hole --offset $((6 << 20)) --length $((1 << 20)) "$tmp/dst.img"
+touch "$tmp/fail-now"
+rc=0
+env LD_PRELOAD="$tmp/shim.so" "FAIL_FDATASYNC_PATH=$tmp/dst.img" \
+    "FAIL_FDATASYNC_WHEN=$tmp/fail-now" \
+    timeout 60 nbdkit -f --log=stderr -U "$tmp/bad.sock" --filter="$FILTER" \
+    nbd socket="$tmp/src.sock" relocate-file="$tmp/dst.img" \
+    relocate-control="$tmp/bad.ctl" "${params[@]}" \
+    </dev/null 2>"$tmp/bad.log" & bad=$!
+for i in $(seq 300); do
+    kill -0 $bad 2>/dev/null || break
+    [ -S "$tmp/bad.ctl" ] && break
+    sleep 0.1
+done
+if kill -0 $bad 2>/dev/null; then
+    kill -KILL $bad; wait $bad || :
+    fail "nbdkit served although the sync of the recovered blocks failed"
+fi
+wait $bad || rc=$?
+[ $rc -ne 0 ] || fail "nbdkit exited with status 0"
+grep -q "fdatasync of the [0-9]* blocks written before the last run ended failed" "$tmp/bad.log" ||
+    fail "no message naming the failed sync: $(tail -n 3 "$tmp/bad.log")"
+pass "a start whose sync of the recovered blocks fails refuses to serve"
+
+rm -f "$tmp/fail-now" "$tmp/dst.sock"
+start_dest dst src "$tmp/dst.img" "${params[@]}"
+$PY - "$(uri dst)" "$tmp/src.img" <<'PYEOF' || fail "after the second restart"
+import sys, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+src = open(sys.argv[2], "rb").read()
+got = h.pread(1 << 20, 6 << 20)
+assert got == src[6 << 20:7 << 20], \
+    "the recovered blocks were trusted although their sync failed"
+assert h.pread(65536, 0) == b"w" * 65536, "the flushed write was lost"
+PYEOF
+pass "the start after it fetches them again"
