@@ -4,9 +4,10 @@ Over config, log, state and server.  Run by server.start_server as
 
   python3 -m relocate_hook.keeper HOOK.CONF DDISK DOMAIN STANDBY -- NBDKIT-ARGS...
 
-The keeper runs nbdkit in the foreground (nbdkit -f dies with its
-parent; the hook itself exits at once), its messages to nbdkit.log in
-the disk's directory DDISK, records both pids, and waits.  It stops nbdkit:
+The keeper runs nbdkit in the foreground (-f --exit-with-parent:
+nbdkit never outlives it; the hook itself exits at once), its messages
+to nbdkit.log in the disk's directory DDISK, records both pids, and
+waits.  SIGTERM stops both.  It stops nbdkit:
 
 - with STANDBY > 0 (the filter has no relocate-standby-timeout), when
   it has been in standby with no client for that long;
@@ -14,11 +15,14 @@ the disk's directory DDISK, records both pids, and waits.  It stops nbdkit:
   no client has been connected for onward_grace seconds.
 
 When nbdkit exits without the hook having stopped it (no marker
-stopping), hook.log says so, with nbdkit's last message.
+stopping), hook.log says so, with nbdkit's last message, and the keeper
+starts it again over the same files (at most restarts times in
+restart_window seconds).
 """
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +37,16 @@ STARTING = "nbdkit-relocate-hook: starting nbdkit"
 RESTART_DELAY = 0.3
 
 
+def _how(rc):
+    """How a process ended, from its Popen returncode."""
+    if rc < 0:
+        try:
+            return "killed by %s" % signal.Signals(-rc).name
+        except ValueError:
+            return "killed by signal %d" % -rc
+    return "status %d" % rc
+
+
 class Keeper:
     def __init__(self, cfg, ddisk, name, standby, args):
         self.cfg, self.name, self.standby, self.args = cfg, name, standby, args
@@ -45,6 +59,17 @@ class Keeper:
         self.dfd = os.open(ddisk, os.O_RDONLY | os.O_DIRECTORY)
         self.here = "/proc/%d/fd/%d" % (os.getpid(), self.dfd)
         self.child = None
+        self.terminated = False     # SIGTERM: stop, and start nothing
+
+    def on_sigterm(self, signum=None, frame=None):
+        """The hook stops the server: nbdkit goes, nothing is started."""
+        self.terminated = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+
+    def _stopped(self):
+        """Has the hook stopped this server (SIGTERM, or the marker)?"""
+        return self.terminated or state.marked(self.here, state.STOPPING)
 
     def _stop(self, why):
         """SIGTERM nbdkit, SIGKILL after stop_grace (it is this process's
@@ -102,7 +127,10 @@ class Keeper:
 
     def _start(self):
         """Start nbdkit, its messages to nbdkit.log after a line saying
-        so, and record the pids.  False (logged) if it cannot run."""
+        so, and record the pids.  False (logged) if it cannot run, or
+        must not run any more."""
+        if self._stopped():
+            return False
         with open(os.path.join(self.here, "nbdkit.log"), "ab") as logf:
             logf.write(("%s %s\n" % (state.now(), STARTING)).encode())
             logf.flush()
@@ -117,6 +145,8 @@ class Keeper:
                     (self.name, self.target, why))
                 return False
         state.write_pids(self.here, os.getpid(), self.child.pid)
+        if self._stopped():         # SIGTERM came during the start
+            self.child.terminate()
         return True
 
     def _in_place(self):
@@ -154,7 +184,7 @@ class Keeper:
         while True:
             self._watch()
             rc = self.child.wait()
-            if state.marked(self.here, state.STOPPING):
+            if self._stopped():
                 return
             last = self._last_message()
             m = re.search(r"no client in standby for (\d+) s", last)
@@ -164,7 +194,7 @@ class Keeper:
                     "stopped" % (self.name, self.target, m.group(1)))
                 return
             what = ("domain %r disk %s: relocation server exited by itself "
-                    "(status %d)%s" % (self.name, self.target, rc, last))
+                    "(%s)%s" % (self.name, self.target, _how(rc), last))
             why_not = self._no_restart(rc, restarts)
             if why_not:
                 log("%s; %s" % (what, why_not))
@@ -183,7 +213,7 @@ class Keeper:
                 except OSError:
                     pass
             time.sleep(RESTART_DELAY)
-            if state.marked(self.here, state.STOPPING) or not self._start():
+            if not self._in_place() or not self._start():
                 return
 
 
@@ -195,7 +225,9 @@ def main(argv):
     os.chdir("/")
     cfg = config.load(argv[0])
     init_log(cfg["state_root"])
-    Keeper(cfg, argv[1], argv[2], float(argv[3]), argv[5:]).run()
+    k = Keeper(cfg, argv[1], argv[2], float(argv[3]), argv[5:])
+    signal.signal(signal.SIGTERM, k.on_sigterm)
+    k.run()
 
 
 if __name__ == "__main__":

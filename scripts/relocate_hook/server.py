@@ -1,8 +1,8 @@
 """The relocation server's process: its command line, start, watch, stop.
 
 Over state (and the Config it is handed).  A server is nbdkit --filter=relocate run
-by a keeper process (keeper.py): nbdkit -f dies with its parent, and
-the hook exits at once.  Processes are found by the pids the keeper
+by a keeper process (keeper.py), which nbdkit never outlives; the hook
+exits at once.  Processes are found by the pids the keeper
 recorded and signalled only while their command line still names the
 disk's directory, so that a reused pid is never signalled.
 """
@@ -114,21 +114,29 @@ def runs_from(entry, rel):
 
 def stop_disk_server(cfg, ddisk):
     """Stop the server of one disk directory: nbdkit by its pid (it may
-    ignore SIGTERM, e.g. with a hung source), then its keeper.  True if
-    nothing of it runs any more."""
-    pids = state.read_pids(ddisk)
-    marker = nbdkit_marker(ddisk)
-    state.mark(ddisk, state.STOPPING)   # the keeper: this stop is wanted
-    grace = cfg.seconds("stop_grace")
-    ok = kill_process(pids.get("nbdkit"), marker, grace)
-    # nbdkit's own pid file, in case the keeper's record is missing.
+    ignore SIGTERM, e.g. with a hung source), then its keeper, then any
+    nbdkit the keeper started meanwhile.  True if nothing of it runs
+    any more."""
+    state.mark(ddisk, state.STOPPING)   # the keeper: start nothing more
+    ok = _kill_nbdkit(cfg, ddisk)
+    ok = kill_process(state.read_pids(ddisk).get("keeper"),
+                      keeper_marker(ddisk), 2) and ok
+    # A restart between the marker and the keeper's end: read again.
+    return _kill_nbdkit(cfg, ddisk) and ok
+
+
+def _kill_nbdkit(cfg, ddisk):
+    """Stop the nbdkit the keeper recorded, and the one nbdkit's own pid
+    file names (in case the keeper's record is missing)."""
+    marker, grace = nbdkit_marker(ddisk), cfg.seconds("stop_grace")
+    ok = kill_process(state.read_pids(ddisk).get("nbdkit"), marker, grace)
     try:
         with open(os.path.join(ddisk, "nbdkit.pid")) as f:
             pid = int(f.read().strip())
         ok = kill_process(pid, marker, grace) and ok
     except (OSError, ValueError):
         pass
-    return kill_process(pids.get("keeper"), keeper_marker(ddisk), 2) and ok
+    return ok
 
 
 # ---- what the server says, and who is connected ----
@@ -202,12 +210,14 @@ def nbdkit_args(cfg, rel, standby_param):
     """nbdkit's command line for a relocation (standby_param: the filter
     has relocate-standby-timeout)."""
     pidfile = os.path.join(os.path.dirname(rel["file"]), "nbdkit.pid")
+    # In the foreground, under its keeper, which it never outlives.
+    args = [cfg["nbdkit"], "-f", "--exit-with-parent", "--log=stderr"]
     if rel["serve"] == "tcp":
-        args = [cfg["nbdkit"], "-f", "--log=stderr", "-p", str(rel["port"])]
+        args += ["-p", str(rel["port"])]
         if cfg["listen"]:
             args += ["-i", cfg["listen"]]
     else:
-        args = [cfg["nbdkit"], "-f", "--log=stderr", "-U", rel["socket"]]
+        args += ["-U", rel["socket"]]
     args += ["-P", pidfile, "--filter=" + cfg["filter"], "nbd",
              "hostname=" + rel["hostname"],
              "port=" + str(rel.get("port_src", rel.get("port"))),

@@ -150,11 +150,16 @@ class Run(KeeperTest):
                          + last + "; not started again (restarts = 0)")
 
     def test_stopped_by_the_hook(self):
-        """The stopping marker when nbdkit exits: nothing logged."""
+        """The stopping marker when nbdkit exits: nothing logged, nothing
+        started again."""
+        self.cfg = self.config(serve="unix", restarts="2")
+        k = self.sleeper()
+        t = self.start(k)
+        first = k.child.pid
         state.mark(self.ddisk, state.STOPPING)
-        k = self.keeper(exits(3, "nbdkit: error: terminated"))
-        self.run_keeper(k)
-        self.assertEqual(k.child.returncode, 3)
+        k.child.kill()
+        self.finish(t)
+        self.assertEqual(k.child.pid, first)
         self.assertEqual(self.hook_log(), "")
 
     def test_nbdkit_missing(self):
@@ -190,7 +195,7 @@ class Restart(KeeperTest):
                          {"keeper": os.getpid(), "nbdkit": k.child.pid})
         self.assertFalse(os.path.exists(os.path.join(self.ddisk, "nbd.sock")))
         self.assertEqual(self.log_line("exited"), "domain 'vm1' disk vda: "
-                         "relocation server exited by itself (status -9); "
+                         "relocation server exited by itself (killed by SIGKILL); "
                          "started again over the same files (1 of restarts "
                          "= 2 in restart_window = 60 s)")
         self.stop(k)
@@ -237,6 +242,30 @@ class Restart(KeeperTest):
         self.run_keeper(k)
         self.assertIn("not started again: its directory was moved aside",
                       self.log_line("exited"))
+
+    def test_sigterm(self):
+        """SIGTERM (the hook's stop): nbdkit goes, nothing is started
+        again or logged."""
+        k = self.sleeper()
+        t = self.start(k)
+        k.on_sigterm()
+        self.finish(t)
+        self.assertEqual(k.child.returncode, -signal.SIGTERM)
+        self.assertEqual(self.hook_log(), "")
+
+    def test_sigterm_in_the_restart_delay(self):
+        """SIGTERM after nbdkit died, before it is started again: not
+        started (the pid recorded is still the dead one's)."""
+        k = self.sleeper()
+        t = self.start(k)
+        first = k.child.pid
+        with mock.patch("relocate_hook.keeper.time.sleep",
+                        side_effect=lambda s: s == keeper.RESTART_DELAY
+                        and k.on_sigterm()):
+            os.kill(first, signal.SIGKILL)
+            self.finish(t)
+        self.assertEqual(k.child.pid, first)
+        self.assertEqual(state.read_pids(self.ddisk)["nbdkit"], first)
 
 
 @mock.patch("relocate_hook.keeper.server_clients", return_value=0)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 import unittest
+from unittest import mock
 
 import hooktest
 from hooktest import ended_by, sleeper
@@ -28,9 +29,10 @@ class CommandLine(hooktest.TempDirTest):
         return server.nbdkit_args(self.config(**keys), self.rel, standby_param)
 
     def test_tcp(self):
-        """tcp: -p PORT, the pid file beside the image, the filter's params."""
+        """tcp: in the foreground, never outliving its keeper; -p PORT, the
+        pid file beside the image, the filter's params."""
         self.assertEqual(self.args(), [
-            "nbdkit", "-f", "--log=stderr", "-p", "10815",
+            "nbdkit", "-f", "--exit-with-parent", "--log=stderr", "-p", "10815",
             "-P", self.ddisk + "/nbdkit.pid", "--filter=relocate", "nbd",
             "hostname=old-host", "port=10809", "export=disk1",
             "relocate-file=" + self.ddisk + "/disk.img",
@@ -41,14 +43,15 @@ class CommandLine(hooktest.TempDirTest):
     def test_listen(self):
         """listen = ADDR: -i ADDR right after the port."""
         args = self.args(listen="127.0.0.1")
-        self.assertEqual(args[3:7], ["-p", "10815", "-i", "127.0.0.1"])
+        self.assertEqual(args[4:8], ["-p", "10815", "-i", "127.0.0.1"])
         self.assertEqual(args.count("-i"), 1)
 
     def test_unix(self):
         """unix: -U SOCKET instead of a port, even with listen set."""
         self.rel["serve"] = "unix"
         args = self.args(listen="127.0.0.1")
-        self.assertEqual(args[:7], ["nbdkit", "-f", "--log=stderr", "-U",
+        self.assertEqual(args[:8], ["nbdkit", "-f", "--exit-with-parent",
+                                    "--log=stderr", "-U",
                                     self.ddisk + "/nbd.sock", "-P",
                                     self.ddisk + "/nbdkit.pid"])
         self.assertNotIn("-p", args)
@@ -208,6 +211,32 @@ class Processes(hooktest.TempDirTest):
         self.assertTrue(server.server_running(ddisk))
         state.write_pids(ddisk, ours.pid, self.dead_pid())
         self.assertFalse(server.server_running(ddisk))
+
+    def test_stop_disk_server(self):
+        """nbdkit, then its keeper, then an nbdkit the keeper started in
+        between (pids.json read again): all gone, stopping marked."""
+        ddisk = os.path.join(self.tmp, "vda")
+        os.mkdir(ddisk)
+        cfg = self.config(stop_grace="0.5")
+        first = sleeper(self, server.nbdkit_marker(ddisk))
+        keeper = sleeper(self, server.keeper_marker(ddisk))
+        state.write_pids(ddisk, keeper.pid, first.pid)
+        restarted = []
+        kill = server.kill_process
+
+        def kill_keeper_after_a_restart(pid, marker, grace):
+            if pid == keeper.pid and not restarted:
+                # The keeper started nbdkit again just before its end.
+                restarted.append(sleeper(self, server.nbdkit_marker(ddisk)))
+                state.write_pids(ddisk, keeper.pid, restarted[0].pid)
+            return kill(pid, marker, grace)
+
+        with mock.patch("relocate_hook.server.kill_process",
+                        side_effect=kill_keeper_after_a_restart):
+            self.assertTrue(server.stop_disk_server(cfg, ddisk))
+        self.assertTrue(state.marked(ddisk, state.STOPPING))
+        for proc in (first, keeper, restarted[0]):
+            self.assertEqual(ended_by(proc), signal.SIGTERM)
 
 
 if __name__ == "__main__":
