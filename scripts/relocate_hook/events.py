@@ -134,6 +134,14 @@ def _start_named(cfg, name, ddisk, rel):
     why = attic.moved_on(ddisk, rel)
     if why:
         return why
+    taken = state.port_taken(cfg, ddisk, rel)
+    if taken:
+        return ("its relocation is complete and gave its port %s to disk %s "
+                "of domain %r: point the disk at %s (<disk type='file'><driver "
+                "name='qemu' type='raw'/><source file='%s'/>) with virsh "
+                "edit, then start it" %
+                (rel["port"], taken[1].get("target"), taken[1].get("domain"),
+                 rel["file"], rel["file"]))
     ident, refusal = _checked(cfg)
     if refusal:
         return "%s (%s)" % (refusal, cfg.path)

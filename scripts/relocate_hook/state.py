@@ -155,6 +155,18 @@ def holds_port(rel):
     return rel.get("serve") == "tcp" and not flags & COMPLETE
 
 
+def port_taken(cfg, ddisk, rel):
+    """The other current relocation that holds rel's port (rel gave it
+    back once complete), as (directory, record), or None."""
+    if rel.get("serve") != "tcp":
+        return None
+    for d, r in relocations(cfg["state_root"]):
+        if d != ddisk and holds_port(r) and \
+                int(r.get("port", 0)) == int(rel["port"]):
+            return d, r
+    return None
+
+
 def pick_port(cfg, bindable=_bindable):
     """A port of cfg's range that no incomplete relocation here was given
     and that can be bound now, or None.  (Call with the ports lock held.)"""

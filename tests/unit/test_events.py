@@ -200,6 +200,29 @@ class Prepare(EventTest):
             self.rel["file"])
         self.assertEqual(state.read_pids(self.ddisk), {})
 
+    def test_port_given_away(self):
+        """Complete, its port since given to another domain's disk (a
+        persistent definition still names it): refused, saying to point
+        the disk at the file; nothing run."""
+        with open(self.rel["file"] + ".bitmap", "wb") as f:
+            f.write(bitmap_header(state.STARTED | state.COMPLETE))
+        ddir2 = os.path.join(self.cfg["state_root"], "other-uuid")
+        state.make_dir(ddir2)
+        with mock.patch("relocate_hook.state.pick_port",
+                        return_value=self.rel["port"]):
+            state.plan(self.cfg, "vm2", ddir2, "vdb", "h", "10809", "e")
+        named = domain(nbd_disk("vda", host="this-host",
+                                port=self.rel["port"]))
+        self.assertEqual(self.prepare(named), 1)
+        self.assertEqual(
+            self.log_line("start refused"),
+            "domain 'vm1' disk vda: start refused: its relocation is "
+            "complete and gave its port %d to disk vdb of domain 'vm2': point "
+            "the disk at %s (<disk type='file'><driver name='qemu' type='raw'/>"
+            "<source file='%s'/>) with virsh edit, then start it" %
+            (self.rel["port"], self.rel["file"], self.rel["file"]))
+        self.assertEqual(state.read_pids(self.ddisk), {})
+
     def test_no_relocation_here(self):
         """Another domain, or XML that does not parse: 0, nothing logged."""
         log_before = self.hook_log()
