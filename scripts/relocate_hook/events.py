@@ -162,14 +162,16 @@ def _start_named(cfg, name, ddisk, rel):
 
 def left_by_migration(cfg, name):
     """Did the domain's QEMU here stop because it migrated away?  (libvirt
-    writes 'shutting down, reason=migrated' to the domain's log.)"""
+    writes 'shutting down, reason=migrated' to the domain's log.)  True,
+    False, or why it cannot tell (a string)."""
+    path = os.path.join(cfg["qemu_log_dir"], name + ".log")
     try:
-        with open(os.path.join(cfg["qemu_log_dir"], name + ".log"), "rb") as f:
+        with open(path, "rb") as f:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - 65536))
             text = f.read().decode(errors="replace")
-    except OSError:
-        return False
+    except OSError as e:
+        return "cannot read %s (%s)" % (path, e.strerror)
     reasons = re.findall(r"shutting down, reason=(\w+)", text)
     return bool(reasons) and reasons[-1] == "migrated"
 
@@ -184,7 +186,7 @@ def _stopped_what(st, migrated, gone, d):
         return ("server stopped in standby: the guest never wrote here, "
                 "nothing was relocated; %s is not a copy of the disk" %
                 d["file"])
-    if migrated:
+    if migrated is True:
         return ("server stopped: the domain migrated on, and this copy "
                 "(%s) is older than its disk there now" % d["file"])
     if st.get("state") == "complete":
@@ -211,6 +213,7 @@ def release(cfg, name, xml_text):
     if not dstate:
         return
     migrated = left_by_migration(cfg, name)
+    unsure = migrated if isinstance(migrated, str) else None
     for d in dstate["disks"]:
         ddisk = d["dir"]
         rel = state.read_json(os.path.join(ddisk, "relocation.json")) or {}
@@ -222,11 +225,18 @@ def release(cfg, name, xml_text):
         # This domain's QEMU has exited.  Only if it migrated away is a
         # client the next host, relocating from here; any other (a
         # stray nbdsh, a probe) neither keeps the server nor makes this
-        # copy stale.
+        # copy stale.  If the log cannot tell, a client may be the next
+        # host: it is not cut off, and this copy is not trusted.
         clients = server.server_clients(rel) if migrated else 0
-        if migrated:
+        if migrated is True or (unsure and clients > 0):
             state.write_json(os.path.join(ddisk, state.MOVED_ON),
                              {"when": state.now(), "clients": clients})
+        if unsure and clients > 0:
+            log("domain %r disk %s: %s: cannot tell whether the domain "
+                "migrated away; as if it did, since %d client(s) read from "
+                "its server (remove %s if it did not)" %
+                (name, d["target"], unsure, clients,
+                 os.path.join(ddisk, state.MOVED_ON)))
         if clients > 0:
             state.mark(ddisk, state.ONWARD)
             log("domain %r disk %s: the domain left this host and %d "

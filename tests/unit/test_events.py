@@ -311,19 +311,49 @@ class Release(EventTest):
         """Not migrated (virsh destroy), a client connected (a stray
         nbdsh): the server stops and the copy is not marked moved on."""
         nbdkit = self.server()
+        self.write("vm1.log", "2024-05-01 10:00:00.000+0000: shutting down, "
+                   "reason=destroyed\n")
         with self.connected():
             self.release()
         self.assertEqual(ended_by(nbdkit), signal.SIGTERM)
         self.assertFalse(state.marked(self.ddisk, state.MOVED_ON))
         self.assertFalse(state.marked(self.ddisk, state.ONWARD))
 
+    def test_unreadable_log_client(self):
+        """The QEMU log cannot be read and a client reads: it may be the
+        next host, so the server keeps serving, the copy is marked moved
+        on, and hook.log says why and how to undo it."""
+        nbdkit = self.server()
+        with self.connected():
+            self.release()
+        self.assertTrue(server.alive(nbdkit.pid))
+        self.assertTrue(state.marked(self.ddisk, state.ONWARD))
+        self.assertTrue(state.marked(self.ddisk, state.MOVED_ON))
+        self.assertEqual(
+            self.log_line("cannot tell"), "domain 'vm1' disk vda: cannot "
+            "read %s (No such file or directory): cannot tell whether the "
+            "domain migrated away; as if it did, since 1 client(s) read "
+            "from its server (remove %s if it did not)" %
+            (os.path.join(self.tmp, "vm1.log"),
+             os.path.join(self.ddisk, state.MOVED_ON)))
+
+    def test_unreadable_log_no_client(self):
+        """The QEMU log cannot be read, no client: stopped, not moved on."""
+        nbdkit = self.server()
+        self.release()
+        self.assertEqual(ended_by(nbdkit), signal.SIGTERM)
+        self.assertFalse(state.marked(self.ddisk, state.MOVED_ON))
+
 
 class LeftByMigration(EventTest):
     """left_by_migration: the last reason in the domain's QEMU log."""
 
     def test_reasons(self):
-        """migrated last: True; another reason last, or no log: False."""
-        self.assertFalse(events.left_by_migration(self.cfg, "vm1"))
+        """migrated last: True; another reason last: False; no log: why
+        it cannot tell."""
+        self.assertEqual(events.left_by_migration(self.cfg, "vm1"),
+                         "cannot read %s (No such file or directory)" %
+                         os.path.join(self.tmp, "vm1.log"))
         start = "2024-05-01 09:00:00.000+0000: starting up libvirt\n"
         cases = [("shutting down, reason=migrated\n", True),
                  ("shutting down, reason=migrated\n" + start +
