@@ -60,6 +60,9 @@ class Keeper:
         self.here = "/proc/%d/fd/%d" % (os.getpid(), self.dfd)
         self.child = None
         self.terminated = False     # SIGTERM: stop, and start nothing
+        # Since when nbdkit idles in standby, and has had no client since
+        # the domain left (across restarts: a restart is no activity).
+        self.idle_since = self.onward_idle = time.monotonic()
 
     def on_sigterm(self, signum=None, frame=None):
         """The hook stops the server: nbdkit goes, nothing is started."""
@@ -87,29 +90,29 @@ class Keeper:
         """Until nbdkit exits: stop it when it idles (above)."""
         grace = self.cfg.seconds("onward_grace")
         ctl = os.path.join(self.here, "control.sock")
-        idle_since = onward_idle = time.time()
         n = 0
         while self.child.poll() is None:
             time.sleep(0.2)
             n += 1
             if n % 5:
                 continue
+            now = time.monotonic()
             if state.marked(self.here, state.ONWARD):
                 if server_clients(self.rel) > 0:
-                    onward_idle = time.time()
-                elif time.time() - onward_idle >= grace:
+                    self.onward_idle = now
+                elif now - self.onward_idle >= grace:
                     self._stop("no host has read from this server for %d s "
                                "since the domain left" % grace)
                     return
                 continue
-            onward_idle = time.time()
+            self.onward_idle = now
             if self.standby <= 0:
                 continue
             st = ctl_status(self.cfg, ctl)
             if st is None or st.get("state") != "standby" or \
                     server_clients(self.rel) != 0:
-                idle_since = time.time()
-            elif time.time() - idle_since >= self.standby:
+                self.idle_since = now
+            elif now - self.idle_since >= self.standby:
                 self._stop("no client came in %d s of standby (the migration "
                            "failed before QEMU started?)" % self.standby)
                 return
@@ -169,7 +172,7 @@ class Keeper:
         if not self._in_place():
             return ("not started again: its directory was moved aside, "
                     "and its command line names the new relocation's files")
-        recent = [t for t in restarts if time.time() - t < window]
+        recent = [t for t in restarts if time.monotonic() - t < window]
         if len(recent) >= limit:
             return ("it was started again %d times in %g s (restarts, "
                     "restart_window): given up" % (len(recent), window))
@@ -199,11 +202,11 @@ class Keeper:
             if why_not:
                 log("%s; %s" % (what, why_not))
                 return
-            restarts.append(time.time())
+            restarts.append(time.monotonic())
             log("%s; started again over the same files (%d of restarts = %s "
                 "in restart_window = %s s)" %
                 (what, len([t for t in restarts
-                            if time.time() - t < self.cfg.seconds("restart_window")]),
+                            if time.monotonic() - t < self.cfg.seconds("restart_window")]),
                  self.cfg["restarts"], self.cfg["restart_window"]))
             if self.rel.get("serve") == "unix":
                 # nbdkit 1.32 leaves its socket behind and will not
