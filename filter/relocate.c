@@ -294,6 +294,8 @@ relocate_trim (nbdkit_next *next, void *h, uint32_t count, uint64_t offset,
 static int
 relocate_flush (nbdkit_next *next, void *h, uint32_t flags, int *err)
 {
+  /* Counted: a next host relocating from us flushes when complete. */
+  STAT_ADD (client_flushes, 1);
   if (state_get () == STATE_STANDBY)
     return 0;                   /* nothing stored yet */
   return blk_flush_client (err);

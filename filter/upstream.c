@@ -260,13 +260,32 @@ reap (void)
  * nothing is still inside the plugin once c is gone.  Caller holds
  * lock.
  */
+/* Tell the source we are done with it: one flush.  We never write to
+ * the source, so it changes nothing there; a source that is itself a
+ * relocation server (the host before this one) takes it as the sign
+ * that this host is complete and no longer needs it.
+ */
+static void
+say_complete (nbdkit_next *n)
+{
+  int err;
+
+  if (n->can_flush (n) == 1 && n->flush (n, 0, &err) == -1)
+    nbdkit_debug ("relocate: the source did not take the final flush: %s",
+                  strerror (err));
+}
+
 static void
 free_conn (struct conn *c)
 {
+  bool complete = detached && c->state == CONN_UP;
+
   if (c->next) {
     if (c->state == CONN_UP)
       c->state = CONN_BROKEN;
     pthread_mutex_unlock (&lock);
+    if (complete)
+      say_complete (c->next);
     close_context (c->next);
     pthread_mutex_lock (&lock);
   }
