@@ -231,14 +231,17 @@ pr=$($PY -c 'import random; print(random.randrange(20000, 60000, 100))')
 tconf () {  # tconf FILE ROOT SERVE_NAME PORT0 [KEY = VALUE lines]
     local f=$1 r=$2 n=$3 p0=$4; shift 4
     conf "$f" "state_root = $r" "serve = tcp" "serve_name = $n" \
-        "listen = 127.0.0.1" "ports = $p0-$((p0 + 19))" "onward_grace = 2" \
-        "qemu_log_dir = $r" "$@"
+        "listen = 127.0.0.1" "ports = $p0-$((p0 + 19))" \
+        "onward_grace = ${GRACE:-2}" "qemu_log_dir = $r" "$@"
 }
 # qemu_exit DOMAIN ROOT REASON: the line libvirt writes to the domain's
 # QEMU log when QEMU stops (migrated: it left this host by migration).
 qemu_exit () { echo "2024-01-01 00:00:00.000+0000: shutting down, reason=$3" >> "$2/$1.log"; }
 tconf "$tmp/b.conf" "$tmp/rootB" localhost "$pr"
 tconf "$tmp/c.conf" "$tmp/rootC" 127.0.0.1 $((pr + 50))
+# vm7: B waits an hour for C; C's copy is slow enough to be killed.
+GRACE=3600 tconf "$tmp/b7.conf" "$tmp/rootB" localhost "$pr"
+tconf "$tmp/c7.conf" "$tmp/rootC" 127.0.0.1 $((pr + 50)) "rate = 512K"
 host_of () { $PY -c 'import sys,xml.etree.ElementTree as E; h=E.parse(sys.argv[1]).getroot().find(".//source/host"); print("%s:%s" % (h.get("name"), h.get("port")))' "$1"; }
 sed "s/@NAME@/vm7/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0007/" "$SAMPLES/one-disk.xml" > "$tmp/vm7.xml"
 U7=6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0007
@@ -246,20 +249,20 @@ DB=$tmp/rootB/$U7/vda DC=$tmp/rootC/$U7/vda
 cp "$tmp/a.img" "$tmp/guest7.img"
 
 # An offline migration into B: planned, nothing started.
-NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 migrate begin - < "$tmp/vm7.xml" > "$tmp/b7.xml" ||
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b7.conf "$HOOK" vm7 migrate begin - < "$tmp/vm7.xml" > "$tmp/b7.xml" ||
     fail "migrate begin (offline, B)"
 [ ! -e "$DB/pids.json" ] && [ -s "$DB/relocation.json" ] ||
     fail "an offline migration started a server (or planned nothing)"
 pass "an offline migration (no prepare) starts nothing"
 
 # A -> B, live: the XML names B's server by name and port.
-NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf migrate_in vm7 "$tmp/vm7.xml" "$tmp/b7.xml" ||
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b7.conf migrate_in vm7 "$tmp/vm7.xml" "$tmp/b7.xml" ||
     fail "A -> B (serve = tcp)"
 hb=$(host_of "$tmp/b7.xml")
 [[ $hb == localhost:* ]] || fail "B's XML names $hb"
 $NBDIO writes "nbd://$hb/disk1" "$tmp/guest7.img" 7 40 || fail "guest writes on B"
 # B -> C, live, before B's relocation is complete: C relocates from B.
-NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf migrate_in vm7 "$tmp/b7.xml" "$tmp/c7.xml" ||
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/c7.conf migrate_in vm7 "$tmp/b7.xml" "$tmp/c7.xml" ||
     fail "B -> C"
 hc=$(host_of "$tmp/c7.xml")
 [[ $hc == 127.0.0.1:* ]] || fail "C's XML names $hc"
@@ -268,22 +271,32 @@ grep -q "domain 'vm7' disk vda: relocating nbd://$hb/disk1 to $DC/disk.img" "$tm
 pb=$(nbdkit_pid "$DB")
 # The domain leaves B: B's server keeps serving C's relocation.
 qemu_exit vm7 "$tmp/rootB" migrated
-NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 stopped end - < "$tmp/b7.xml" || fail "stopped end (B)"
-NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 release end - < "$tmp/b7.xml" || fail "release end (B)"
-sleep 3
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b7.conf "$HOOK" vm7 stopped end - < "$tmp/b7.xml" || fail "stopped end (B)"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b7.conf "$HOOK" vm7 release end - < "$tmp/b7.xml" || fail "release end (B)"
 running "$pb" || fail "B's server stopped while C still relocates from it"
 grep -q "domain 'vm7' disk vda: the domain left this host and [0-9]* client(s) still read from its server" "$tmp/rootB/hook.log" ||
     fail "no hand-over line: $(cat "$tmp/rootB/hook.log")"
 $NBDIO writes "nbd://$hc/disk1" "$tmp/guest7.img" 8 40 || fail "guest writes on C"
+[ "$("$RELOCATECTL" status --json "$DC/control.sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = relocating ] ||
+    fail "C's relocation is not in progress"
+# C crashes (its nbdkit and keeper at once) and is down for longer
+# than B's keeper looks twice: B keeps serving, C resumes from B.
+kill -KILL $(hook_pids "$DC/pids.json")
+sleep 4
+running "$pb" || fail "B's server stopped while C was down, incomplete"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/c7.conf "$HOOK" vm7 prepare begin - < "$tmp/c7.xml" ||
+    fail "C's restart was refused: $(tail -n 2 "$tmp/rootC/hook.log")"
+"$RELOCATECTL" rate "$DC/control.sock" 0 >/dev/null || fail "relocatectl rate (C)"
 "$RELOCATECTL" wait --timeout 60 "$DC/control.sock" || fail "C's relocation did not complete"
-# C is done and no longer reads from B: B's server stops by itself.
+# C is complete, said so and closed its connections: B's server stops
+# by itself, long before onward_grace.
 wait_for bash -c "! kill -0 $pb 2>/dev/null" || fail "B's server still runs after C completed"
-wait_for grep -q "domain 'vm7' disk vda: no host has read from this server for 2 s since the domain left: server stopped" "$tmp/rootB/hook.log" ||
+wait_for grep -q "domain 'vm7' disk vda: the next host said its relocation from this server is complete (a flush), and has gone: server stopped" "$tmp/rootB/hook.log" ||
     fail "no stop line on B: $(tail -n 3 "$tmp/rootB/hook.log")"
 $NBDIO compare "nbd://$hc/disk1" "$tmp/guest7.img" || fail "C serves other data than the guest wrote"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 release end - < "$tmp/c7.xml" || fail "release end (C)"
 cmp "$DC/disk.img" "$tmp/guest7.img" || fail "A->B->C: the file on C differs"
-pass "A -> B -> C with serve = tcp: B serves C's relocation after the domain left, stops once C is complete; byte-exact on C"
+pass "A -> B -> C with serve = tcp: B serves C's relocation after the domain left, across C's crash and restart, and stops once C says it is complete; byte-exact on C"
 
 # B's copy is stale now: a start of the domain on B's XML is refused.
 if NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm7 prepare begin - < "$tmp/b7.xml" 2>/dev/null; then

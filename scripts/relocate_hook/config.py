@@ -32,7 +32,7 @@ DEFAULTS = {
     "serve_name": "auto",        # the host name put in the XML; auto = FQDN
     "listen": "",                # nbdkit -i: an address; empty = all
     "ports": "10810-10909",      # the relocation servers' TCP ports
-    "onward_grace": "3600",      # an onward server stops this long after its last client
+    "onward_grace": "3600",      # an onward server not told "complete" stops this long after its last client
     "qemu_log_dir": "/var/log/libvirt/qemu",
     "attic_days": "7",           # attic copies older than this go; "forever": kept
     "restarts": "5",             # a server that dies is started again, at most

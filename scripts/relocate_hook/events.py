@@ -237,15 +237,20 @@ def release(cfg, name, xml_text):
                 "its server (remove %s if it did not)" %
                 (name, d["target"], unsure, clients,
                  os.path.join(ddisk, state.MOVED_ON)))
+        st = server.ctl_status(cfg, d["control"])
         if clients > 0:
-            state.mark(ddisk, state.ONWARD)
+            # The flushes so far are this domain's: the next host's
+            # completion is a flush after them (keeper.py).
+            state.write_json(os.path.join(ddisk, state.ONWARD), {
+                "when": state.now(), "nbdkit": pids.get("nbdkit"),
+                "client_flushes": (st or {}).get("client_flushes")})
             log("domain %r disk %s: the domain left this host and %d "
                 "client(s) still read from its server (the next host "
-                "relocating it from here): the server keeps serving, and "
-                "stops %s s after its last client has gone" %
-                (name, d["target"], clients, cfg["onward_grace"]))
+                "relocating it from here): the server keeps serving until "
+                "that host is complete, or for %s s after its last client "
+                "has gone" % (name, d["target"], clients,
+                              cfg["onward_grace"]))
             continue
-        st = server.ctl_status(cfg, d["control"])
         gone = server.stop_disk_server(cfg, ddisk)
         log("domain %r disk %s: %s" %
             (name, d["target"], _stopped_what(st, migrated, gone, d)))

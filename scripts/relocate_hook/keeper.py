@@ -12,7 +12,10 @@ waits.  SIGTERM stops both.  It stops nbdkit:
 - with STANDBY > 0 (the filter has no relocate-standby-timeout), when
   it has been in standby with no client for that long;
 - once the domain has left this host (the marker onward exists), when
-  no client has been connected for onward_grace seconds.
+  the next host has said it is complete (a client flush, counted in
+  the filter's status, after those recorded in the marker) and its
+  connections are gone, or when no client has been connected for
+  onward_grace seconds.
 
 When nbdkit exits without the hook having stopped it (no marker
 stopping), hook.log says so, with nbdkit's last message, and the keeper
@@ -100,9 +103,14 @@ class Keeper:
             if state.marked(self.here, state.ONWARD):
                 if server_clients(self.rel) > 0:
                     self.onward_idle = now
+                elif self._next_host_complete(ctl):
+                    self._stop("the next host said its relocation from this "
+                               "server is complete (a flush), and has gone")
+                    return
                 elif now - self.onward_idle >= grace:
                     self._stop("no host has read from this server for %d s "
-                               "since the domain left" % grace)
+                               "since the domain left, and none said it was "
+                               "complete" % grace)
                     return
                 continue
             self.onward_idle = now
@@ -116,6 +124,22 @@ class Keeper:
                 self._stop("no client came in %d s of standby (the migration "
                            "failed before QEMU started?)" % self.standby)
                 return
+
+    def _next_host_complete(self, ctl):
+        """Has a client flushed since the domain left?  The marker holds
+        nbdkit's pid and count at the hand-over; an nbdkit started
+        again since counts only the next host's.  Unknown: no."""
+        marker = state.read_json(os.path.join(self.here, state.ONWARD)) or {}
+        if marker.get("nbdkit") is None:
+            return False
+        base = 0
+        if marker["nbdkit"] == self.child.pid:
+            base = marker.get("client_flushes")
+            if base is None:
+                return False
+        st = ctl_status(self.cfg, ctl)
+        flushes = (st or {}).get("client_flushes")
+        return flushes is not None and flushes > base
 
     def _last_message(self):
         """nbdkit's last message since the keeper last started it."""

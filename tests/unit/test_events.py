@@ -300,11 +300,15 @@ class Release(EventTest):
         self.assertTrue(state.marked(self.ddisk, state.ONWARD))
         self.assertEqual(state.read_json(os.path.join(
             self.ddisk, state.MOVED_ON))["clients"], 1)
+        onward = state.read_json(os.path.join(self.ddisk, state.ONWARD))
+        self.assertEqual((onward["nbdkit"], onward["client_flushes"]),
+                         (nbdkit.pid, None))    # relocatectl: /bin/false
         self.assertEqual(
             self.log_line("still read"), "domain 'vm1' disk vda: the domain "
             "left this host and 1 client(s) still read from its server (the "
-            "next host relocating it from here): the server keeps serving, "
-            "and stops 3600 s after its last client has gone")
+            "next host relocating it from here): the server keeps serving "
+            "until that host is complete, or for 3600 s after its last "
+            "client has gone")
 
 
     def test_stray_client(self):

@@ -273,7 +273,67 @@ class Onward(KeeperTest):
     """The domain left: nbdkit stops onward_grace after its last client."""
 
     ONWARD_LINE = ("domain 'vm1' disk vda: no host has read from this "
-                   "server for 0 s since the domain left: server stopped")
+                   "server for 0 s since the domain left, and none said it "
+                   "was complete: server stopped")
+    DONE_LINE = ("domain 'vm1' disk vda: the next host said its relocation "
+                 "from this server is complete (a flush), and has gone: "
+                 "server stopped")
+
+    def handed_over(self, k, flushes, pid=None):
+        """The marker release writes: nbdkit's pid and flush count."""
+        state.write_json(os.path.join(self.ddisk, state.ONWARD), {
+            "when": "2024-05-01T10:00:00", "client_flushes": flushes,
+            "nbdkit": k.child.pid if pid is None else pid})
+
+    def test_next_host_complete(self, clients):
+        """A flush after the hand-over, then no client: stopped at once
+        (onward_grace is an hour), logged as the next host's completion."""
+        self.cfg = self.config(serve="unix", onward_grace="3600")
+        k = self.sleeper()
+        with mock.patch("relocate_hook.keeper.ctl_status",
+                        return_value={"client_flushes": 8}):
+            t = self.start(k)
+            self.handed_over(k, 7)
+            self.finish(t)
+        self.assertEqual(k.child.returncode, -signal.SIGTERM)
+        self.assertEqual(self.log_line("server stopped"), self.DONE_LINE)
+
+    def test_next_host_complete_needs_gone(self, clients):
+        """The flush came but the next host is still connected: serving."""
+        clients.return_value = 1
+        self.cfg = self.config(serve="unix", onward_grace="3600")
+        k = self.sleeper()
+        with mock.patch("relocate_hook.keeper.ctl_status",
+                        return_value={"client_flushes": 8}):
+            t = self.start(k)
+            self.handed_over(k, 7)
+            self.keeps_running(k, t)
+
+    def test_no_flush_since(self, clients):
+        """No flush since the hand-over (or its count unknown): the
+        domain's own flushes do not count; serving for onward_grace."""
+        self.cfg = self.config(serve="unix", onward_grace="3600")
+        for base in (8, None):
+            with self.subTest(base=base):
+                k = self.sleeper()
+                with mock.patch("relocate_hook.keeper.ctl_status",
+                                return_value={"client_flushes": 8}):
+                    t = self.start(k)
+                    self.handed_over(k, base)
+                    self.keeps_running(k, t)
+                state.unmark(self.ddisk, state.STOPPING)
+
+    def test_restarted_counts_from_zero(self, clients):
+        """nbdkit started again after the hand-over: every flush it
+        counts is the next host's."""
+        self.cfg = self.config(serve="unix", onward_grace="3600")
+        k = self.sleeper()
+        with mock.patch("relocate_hook.keeper.ctl_status",
+                        return_value={"client_flushes": 1}):
+            t = self.start(k)
+            self.handed_over(k, 7, pid=k.child.pid + 100000)
+            self.finish(t)
+        self.assertEqual(self.log_line("server stopped"), self.DONE_LINE)
 
     def test_no_client(self, clients):
         """No client: SIGTERM at the keeper's next look, stopping marked."""
