@@ -136,12 +136,17 @@ def _start_named(cfg, name, ddisk, rel):
         return why
     taken = state.port_taken(cfg, ddisk, rel)
     if taken:
-        return ("its relocation is complete and gave its port %s to disk %s "
-                "of domain %r: point the disk at %s (<disk type='file'><driver "
-                "name='qemu' type='raw'/><source file='%s'/>) with virsh "
-                "edit, then start it" %
-                (rel["port"], taken[1].get("target"), taken[1].get("domain"),
-                 rel["file"], rel["file"]))
+        why = ("its relocation gave its port %s back and it is disk %s's of "
+               "domain %r now: " % (rel["port"], taken[1].get("target"),
+                                   taken[1].get("domain")))
+        if (state.bitmap_flags(rel["file"] + ".bitmap") or 0) & state.COMPLETE:
+            return why + ("it is complete: point the disk at %s (<disk "
+                          "type='file'><driver name='qemu' type='raw'/>"
+                          "<source file='%s'/>) with virsh edit, then start "
+                          "it" % (rel["file"], rel["file"]))
+        return why + ("the guest never wrote here, so its disk is at %s: "
+                      "point the disk there again with virsh edit, then "
+                      "start it" % rel["source"])
     ident, refusal = _checked(cfg)
     if refusal:
         return "%s (%s)" % (refusal, cfg.path)

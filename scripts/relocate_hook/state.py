@@ -146,22 +146,43 @@ def _bindable(listen, port):
         s.close()
 
 
-def holds_port(rel):
-    """Does a current relocation keep its port?  Until it is complete:
-    a planned one is started later by a definition naming the port.
-    Once complete it needs the port only while its server runs, and a
-    running server has the port bound."""
-    flags = bitmap_flags(rel.get("file", "") + ".bitmap") or 0
-    return rel.get("serve") == "tcp" and not flags & COMPLETE
+def _keeper_lives(ddisk):
+    """Does the keeper pids.json names exist (or a process that took its
+    pid: then the port is held a while longer, which is harmless)?"""
+    pid = read_pids(ddisk).get("keeper")
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def holds_port(ddisk, rel):
+    """Does a current relocation keep its port?  While its server is
+    kept (a restart briefly unbinds the port), and while a definition
+    may still name it to resume it: planned and never run (an offline
+    migration's definition), or started and not complete.  A complete
+    one, and one whose server ran and stopped in standby (a live
+    migration that failed), gives it back."""
+    if rel.get("serve") != "tcp":
+        return False
+    if _keeper_lives(ddisk):
+        return True
+    flags = bitmap_flags(rel.get("file", "") + ".bitmap")
+    return flags is None or (flags & STARTED and not flags & COMPLETE)
 
 
 def port_taken(cfg, ddisk, rel):
     """The other current relocation that holds rel's port (rel gave it
-    back once complete), as (directory, record), or None."""
+    back), as (directory, record), or None."""
     if rel.get("serve") != "tcp":
         return None
     for d, r in relocations(cfg["state_root"]):
-        if d != ddisk and holds_port(r) and \
+        if d != ddisk and holds_port(d, r) and \
                 int(r.get("port", 0)) == int(rel["port"]):
             return d, r
     return None
@@ -171,8 +192,8 @@ def pick_port(cfg, bindable=_bindable):
     """A port of cfg's range that no incomplete relocation here was given
     and that can be bound now, or None.  (Call with the ports lock held.)"""
     first, last = cfg.port_range()
-    taken = {int(r.get("port", 0)) for _, r in relocations(cfg["state_root"])
-             if holds_port(r)}
+    taken = {int(r.get("port", 0)) for d, r in relocations(cfg["state_root"])
+             if holds_port(d, r)}
     ports = [p for p in range(first, last + 1) if p not in taken]
     random.shuffle(ports)
     for p in ports:

@@ -216,12 +216,31 @@ class Prepare(EventTest):
         self.assertEqual(self.prepare(named), 1)
         self.assertEqual(
             self.log_line("start refused"),
-            "domain 'vm1' disk vda: start refused: its relocation is "
-            "complete and gave its port %d to disk vdb of domain 'vm2': point "
-            "the disk at %s (<disk type='file'><driver name='qemu' type='raw'/>"
-            "<source file='%s'/>) with virsh edit, then start it" %
+            "domain 'vm1' disk vda: start refused: its relocation gave its "
+            "port %d back and it is disk vdb's of domain 'vm2' now: it is "
+            "complete: point the disk at %s (<disk type='file'><driver "
+            "name='qemu' type='raw'/><source file='%s'/>) with virsh edit, "
+            "then start it" %
             (self.rel["port"], self.rel["file"], self.rel["file"]))
         self.assertEqual(state.read_pids(self.ddisk), {})
+
+    def test_port_given_away_standby(self):
+        """Never left standby, its port since given to another: refused,
+        saying to point the disk at its source again."""
+        with open(self.rel["file"] + ".bitmap", "wb") as f:
+            f.write(bitmap_header(0))
+        ddir2 = os.path.join(self.cfg["state_root"], "other-uuid")
+        state.make_dir(ddir2)
+        with mock.patch("relocate_hook.state.pick_port",
+                        return_value=self.rel["port"]):
+            state.plan(self.cfg, "vm2", ddir2, "vdb", "h", "10809", "e")
+        named = domain(nbd_disk("vda", host="this-host",
+                                port=self.rel["port"]))
+        self.assertEqual(self.prepare(named), 1)
+        self.assertTrue(self.log_line("start refused").endswith(
+            "now: the guest never wrote here, so its disk is at "
+            "nbd://old-host:10809/disk1: point the disk there again with "
+            "virsh edit, then start it"))
 
     def test_no_relocation_here(self):
         """Another domain, or XML that does not parse: 0, nothing logged."""

@@ -139,20 +139,28 @@ class Relocations(hooktest.TempDirTest):
             self.assertEqual(state.pick_port(cfg, lambda a, p: True), 20002)
 
     def test_complete_relocation_gives_its_port_back(self):
-        """A complete relocation's port is free again (a running server
-        of it keeps it bound); an incomplete one's is not."""
+        """A complete relocation's port is free again, and one that ran
+        and stopped in standby; a planned one's (no bitmap, or one not
+        written yet) and a started one's are not, nor any whose keeper
+        lives (its server may be between two runs)."""
         ddisk, rel = self.relocation("u1/vda", port=20000)
         rel["file"] = os.path.join(ddisk, "disk.img")
         state.write_json(os.path.join(ddisk, "relocation.json"), rel)
         cfg = self.config(ports="20000-20000")
+        free = lambda: state.pick_port(cfg, lambda a, p: True) == 20000
+        self.assertFalse(free())                    # planned
         self.write("root/u1/vda/disk.img.bitmap", "")
-        self.assertIsNone(state.pick_port(cfg, lambda a, p: True))
-        with open(rel["file"] + ".bitmap", "wb") as f:
-            f.write(bitmap_header(state.STARTED))
-        self.assertIsNone(state.pick_port(cfg, lambda a, p: True))
-        with open(rel["file"] + ".bitmap", "wb") as f:
-            f.write(bitmap_header(state.STARTED | state.COMPLETE))
-        self.assertEqual(state.pick_port(cfg, lambda a, p: True), 20000)
+        self.assertFalse(free())
+        for flags, given_back in ((state.STARTED, False),
+                                  (state.STARTED | state.COMPLETE, True),
+                                  (0, True)):
+            with self.subTest(flags=flags):
+                with open(rel["file"] + ".bitmap", "wb") as f:
+                    f.write(bitmap_header(flags))
+                state.write_pids(ddisk, 0, 0)
+                self.assertEqual(free(), given_back)
+                state.write_pids(ddisk, os.getpid(), 0)   # a keeper lives
+                self.assertFalse(free())
 
     def test_150_relocations_through_100_ports(self):
         """150 relocations planned one after another, each complete before
