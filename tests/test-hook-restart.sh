@@ -30,6 +30,7 @@ serve = unix
 rate = 2M
 restarts = 2
 restart_window = 600
+virsh = /bin/false
 CONF
 export NBDKIT_RELOCATE_HOOK_CONF=$tmp/hook.conf
 LOG=$tmp/root/hook.log

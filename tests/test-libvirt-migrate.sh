@@ -185,7 +185,8 @@ setup_host ()   # NAME HOST_UUID
       echo "serve_name = relocate-host${n,,}"
       echo "listen = 127.0.0.1"
       echo "ports = $serve-$((serve + 3))"
-      echo "onward_grace = 3"; } > "$h/hook.conf"
+      echo "onward_grace = 3"
+      echo "libvirt_uri = qemu+tcp://127.0.0.1:$port/system"; } > "$h/hook.conf"
     cat > "$h/etc/libvirtd.conf" <<EOF
 listen_tls = 0
 listen_tcp = 1

@@ -37,6 +37,10 @@ DEFAULTS = {
     "attic_days": "7",           # attic copies older than this go; "forever": kept
     "restarts": "5",             # a server that dies is started again, at most
     "restart_window": "60",      # this many times in this many seconds
+    "pause_on_error": "yes",     # yes: the guest pauses on an I/O error, resumed after a restart
+    "reconnect_delay": "10",     # <reconnect delay='N'/> for QEMU, where libvirt knows it; 0: none
+    "virsh": "/usr/bin/virsh",   # how the keeper resumes a paused guest
+    "libvirt_uri": "qemu:///system",
 }
 
 # The start modes that are safe while the guest still runs, and
@@ -156,13 +160,18 @@ class Config:
         for key in ("state_root", "qemu_conf", "qemu_log_dir"):
             if not self[key].startswith("/"):
                 return "%s = %s: an absolute path" % (key, self[key])
-        for key in ("nbdkit", "filter", "relocatectl"):
+        for key in ("nbdkit", "filter", "relocatectl", "virsh"):
             if not self[key].strip() or len(self[key].split()) != 1:
                 return "%s = %s: one program or file name" % (key, self[key])
         for key in ("qemu_user", "qemu_group"):
             if not self[key].strip() or len(self[key].split()) != 1:
                 return ("%s = %s: auto, a name or +N (a numeric id)" %
                         (key, self[key]))
+        if not re.fullmatch(r"[a-z0-9+]+://\S*", self["libvirt_uri"]):
+            return ("libvirt_uri = %s: a libvirt connection URI such as "
+                    "qemu:///system" % self["libvirt_uri"])
+        if self["pause_on_error"] not in ("yes", "no"):
+            return "pause_on_error = %s: yes or no" % self["pause_on_error"]
         return None
 
     def attic_seconds(self):
@@ -174,7 +183,8 @@ class Config:
     def _check_numbers(self):
         positive = ("start_timeout", "restart_window")
         for key in ("start_timeout", "standby_timeout", "stop_grace",
-                    "onward_grace", "restart_window", "attic_days"):
+                    "onward_grace", "restart_window", "attic_days",
+                    "reconnect_delay"):
             if key == "attic_days" and self[key].strip() == "forever":
                 continue
             v = _finite(self[key])

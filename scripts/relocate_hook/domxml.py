@@ -90,8 +90,11 @@ def nbd_source(disk, local_names):
     return (hostname, host.get("port", NBD_PORT), src.get("name", "")), None
 
 
-def point_at_server(disk, rel):
-    """Rewrite the disk's <source> to name the relocation server."""
+def point_at_server(disk, rel, pause=False, reconnect_delay=0):
+    """Rewrite the disk's <source> to name the relocation server.  pause:
+    an I/O error pauses the guest (error_policy and rerror_policy
+    'stop', unless the definition sets them); reconnect_delay > 0:
+    <reconnect delay='N'/> in <source>, unless there is one."""
     source = disk.find("source")
     for h in source.findall("host"):
         source.remove(h)
@@ -100,6 +103,14 @@ def point_at_server(disk, rel):
                       port=str(rel["port"]))
     else:
         ET.SubElement(source, "host", transport="unix", socket=rel["socket"])
+    if reconnect_delay > 0 and source.find("reconnect") is None:
+        ET.SubElement(source, "reconnect", delay=str(int(reconnect_delay)))
+    if pause:
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.SubElement(disk, "driver", name="qemu")
+        for attr in ("error_policy", "rerror_policy"):
+            driver.attrib.setdefault(attr, "stop")
 
 
 def names_server(disk, rel):

@@ -20,7 +20,11 @@ waits.  SIGTERM stops both.  It stops nbdkit:
 When nbdkit exits without the hook having stopped it (no marker
 stopping), hook.log says so, with nbdkit's last message, and the keeper
 starts it again over the same files (at most restarts times in
-restart_window seconds).
+restart_window seconds).  With pause_on_error, QEMU paused the guest
+on the I/O error instead of failing its I/O: for RESUME_WINDOW seconds
+after a restart, once the server answers, a domain paused by an I/O
+error is resumed (virsh resume, with a hook.log line).  The keeper is
+not inside a hook call, so it may call libvirt.
 """
 
 import os
@@ -38,6 +42,8 @@ from .server import ctl_status, server_clients
 STARTING = "nbdkit-relocate-hook: starting nbdkit"
 # How long after an exit nbdkit is started again.
 RESTART_DELAY = 0.3
+# For how long after a restart a guest paused by an I/O error is resumed.
+RESUME_WINDOW = 30
 
 
 def _how(rc):
@@ -66,6 +72,7 @@ class Keeper:
         # Since when nbdkit idles in standby, and has had no client since
         # the domain left (across restarts: a restart is no activity).
         self.idle_since = self.onward_idle = time.monotonic()
+        self.resume_until = 0       # after a restart: resume the guest
 
     def on_sigterm(self, signum=None, frame=None):
         """The hook stops the server: nbdkit goes, nothing is started."""
@@ -100,6 +107,8 @@ class Keeper:
             if n % 5:
                 continue
             now = time.monotonic()
+            if now < self.resume_until:
+                self._resume_guest(ctl)
             if state.marked(self.here, state.ONWARD):
                 if server_clients(self.rel) > 0:
                     self.onward_idle = now
@@ -124,6 +133,33 @@ class Keeper:
                 self._stop("no client came in %d s of standby (the migration "
                            "failed before QEMU started?)" % self.standby)
                 return
+
+    def _virsh(self, *args):
+        """virsh -c libvirt_uri ARGS...: its output, or None."""
+        try:
+            r = subprocess.run([self.cfg["virsh"], "-c", self.cfg["libvirt_uri"]]
+                               + list(args), capture_output=True, text=True,
+                               timeout=10, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout if r.returncode == 0 else None
+
+    def _resume_guest(self, ctl):
+        """The server serves again: resume the domain if an I/O error
+        paused it (never one paused for another reason)."""
+        if state.marked(self.here, state.ONWARD) or \
+                ctl_status(self.cfg, ctl) is None:
+            return
+        st = self._virsh("domstate", "--reason", self.name)
+        if st is None or not st.strip().startswith("paused (I/O error)"):
+            return
+        if self._virsh("resume", self.name) is None:
+            log("domain %r disk %s: the guest is paused by an I/O error and "
+                "%s resume failed" % (self.name, self.target,
+                                      self.cfg["virsh"]))
+            return
+        log("domain %r disk %s: the guest was paused by an I/O error while "
+            "the server was down: resumed" % (self.name, self.target))
 
     def _next_host_complete(self, ctl):
         """Has a client flushed since the domain left?  The marker holds
@@ -242,6 +278,8 @@ class Keeper:
             time.sleep(RESTART_DELAY)
             if not self._in_place() or not self._start():
                 return
+            if self.cfg["pause_on_error"] == "yes":
+                self.resume_until = time.monotonic() + RESUME_WINDOW
 
 
 def main(argv):

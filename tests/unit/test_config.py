@@ -37,6 +37,10 @@ GOOD = {
     "attic_days": ["7", "0", "0.5", "forever"],
     "restarts": ["5", "0", "100"],
     "restart_window": ["60", "0.5"],
+    "pause_on_error": ["yes", "no"],
+    "reconnect_delay": ["10", "0", "2.5"],
+    "virsh": ["virsh", "/usr/bin/virsh"],
+    "libvirt_uri": ["qemu:///system", "qemu+unix:///system?socket=/run/x.sock"],
 }
 BAD = {
     "state_root": ["var/lib/nbdkit-relocate", ""],
@@ -66,6 +70,10 @@ BAD = {
     "attic_days": ["-1", "never", "inf", ""],
     "restarts": ["-1", "1.5", "many", ""],
     "restart_window": ["0", "-1", "a minute"],
+    "pause_on_error": ["", "true", "Yes"],
+    "reconnect_delay": ["-1", "soon"],
+    "virsh": ["", "virsh -c qemu:///system"],
+    "libvirt_uri": ["", "system", "qemu:///system extra"],
 }
 
 

@@ -88,6 +88,30 @@ class Rewrite(unittest.TestCase):
         self.assertFalse(domxml.names_server(d, dict(TCP_REL, port=10816)))
         self.assertFalse(domxml.names_server(d, UNIX_REL))
 
+    def test_pause_and_reconnect(self):
+        """pause: error_policy and rerror_policy 'stop' on the driver
+        (made if missing), an operator's own kept; reconnect_delay: a
+        <reconnect> in <source> unless there is one."""
+        d = disk_of(domain(nbd_disk()))
+        domxml.point_at_server(d, TCP_REL, True, 10)
+        self.assertEqual(d.find("driver").attrib,
+                         {"name": "qemu", "type": "raw", "error_policy": "stop",
+                          "rerror_policy": "stop"})
+        self.assertEqual(d.find("source/reconnect").attrib, {"delay": "10"})
+        d = disk_of(domain(nbd_disk(inner="<reconnect delay='5'/>")))
+        d.remove(d.find("driver"))
+        domxml.point_at_server(d, TCP_REL, True, 10)
+        self.assertEqual(d.find("driver").attrib,
+                         {"name": "qemu", "error_policy": "stop",
+                          "rerror_policy": "stop"})
+        self.assertEqual(d.findall("source/reconnect")[0].get("delay"), "5")
+        d = disk_of(domain(nbd_disk()))
+        d.find("driver").set("error_policy", "report")
+        domxml.point_at_server(d, TCP_REL, True, 0)
+        self.assertEqual(d.find("driver").get("error_policy"), "report")
+        self.assertEqual(d.find("driver").get("rerror_policy"), "stop")
+        self.assertIsNone(d.find("source/reconnect"))
+
     def test_unix(self):
         d = disk_of(domain(nbd_disk()))
         domxml.point_at_server(d, UNIX_REL)

@@ -268,6 +268,70 @@ class Restart(KeeperTest):
         self.assertEqual(state.read_pids(self.ddisk)["nbdkit"], first)
 
 
+@mock.patch("relocate_hook.keeper.ctl_status", return_value={})
+class Resume(KeeperTest):
+    """pause_on_error: after a restart, a guest paused by an I/O error
+    is resumed through virsh (a stand-in that records its calls)."""
+
+    def virsh(self, state_line, **keys):
+        calls = os.path.join(self.tmp, "virsh.calls")
+        path = self.write("virsh", "#!/bin/sh\necho \"$*\" >> %s\n"
+                          "case \"$*\" in *domstate*) echo '%s';; esac\n" %
+                          (calls, state_line))
+        os.chmod(path, 0o755)
+        self.cfg = self.config(serve="unix", restarts="2", virsh=path,
+                               libvirt_uri="test:///default", **keys)
+        return calls
+
+    def restart(self):
+        """Kill nbdkit once; wait until it runs again; two looks later,
+        stop it."""
+        k = self.sleeper()
+        t = self.start(k)
+        first = k.child.pid
+        os.kill(first, signal.SIGKILL)
+        self.wait_for(lambda: k.child.pid != first)
+        time.sleep(2.5)
+        self.stop(k)
+        self.finish(t)
+
+    def calls(self, path):
+        try:
+            with open(path) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def test_paused_by_io_error(self, status):
+        """paused (I/O error): resumed, logged."""
+        calls = self.virsh("paused (I/O error)")
+        self.restart()
+        self.assertIn("-c test:///default resume vm1", self.calls(calls))
+        self.assertIn("-c test:///default domstate --reason vm1",
+                      self.calls(calls))
+        self.assertIn("domain 'vm1' disk vda: the guest was paused by an I/O "
+                      "error while the server was down: resumed",
+                      self.hook_log())
+
+    def test_paused_otherwise(self, status):
+        """Paused by the operator, or running: not resumed."""
+        for line in ("paused (user)", "running (booted)"):
+            with self.subTest(line=line):
+                calls = self.virsh(line)
+                self.restart()
+                self.assertTrue(self.calls(calls))
+                self.assertNotIn("-c test:///default resume vm1",
+                                 self.calls(calls))
+                os.unlink(calls)
+                state.unmark(self.ddisk, state.STOPPING)
+
+    def test_off(self, status):
+        """pause_on_error = no: virsh is never run."""
+        calls = self.virsh("paused (I/O error)", pause_on_error="no")
+        self.restart()
+        self.assertEqual(self.calls(calls), [])
+
+
 @mock.patch("relocate_hook.keeper.server_clients", return_value=0)
 class Onward(KeeperTest):
     """The domain left: nbdkit stops onward_grace after its last client."""
