@@ -200,20 +200,25 @@ class Prepare(EventTest):
             self.rel["file"])
         self.assertEqual(state.read_pids(self.ddisk), {})
 
-    def test_port_given_away(self):
-        """Complete, its port since given to another domain's disk (a
-        persistent definition still names it): refused, saying to point
-        the disk at the file; nothing run."""
+    def start_after_giving_port_away(self, flags):
+        """vda's bitmap has flags, its port goes to vm2's vdb, then a
+        definition naming vda's server starts: the prepare's status."""
         with open(self.rel["file"] + ".bitmap", "wb") as f:
-            f.write(bitmap_header(state.STARTED | state.COMPLETE))
+            f.write(bitmap_header(flags))
         ddir2 = os.path.join(self.cfg["state_root"], "other-uuid")
         state.make_dir(ddir2)
         with mock.patch("relocate_hook.state.pick_port",
                         return_value=self.rel["port"]):
             state.plan(self.cfg, "vm2", ddir2, "vdb", "h", "10809", "e")
-        named = domain(nbd_disk("vda", host="this-host",
-                                port=self.rel["port"]))
-        self.assertEqual(self.prepare(named), 1)
+        return self.prepare(domain(nbd_disk("vda", host="this-host",
+                                            port=self.rel["port"])))
+
+    def test_port_given_away(self):
+        """Complete, its port since given to another domain's disk (a
+        persistent definition still names it): refused, saying to point
+        the disk at the file; nothing run."""
+        self.assertEqual(self.start_after_giving_port_away(
+            state.STARTED | state.COMPLETE), 1)
         self.assertEqual(
             self.log_line("start refused"),
             "domain 'vm1' disk vda: start refused: its relocation gave its "
@@ -227,16 +232,7 @@ class Prepare(EventTest):
     def test_port_given_away_standby(self):
         """Never left standby, its port since given to another: refused,
         saying to point the disk at its source again."""
-        with open(self.rel["file"] + ".bitmap", "wb") as f:
-            f.write(bitmap_header(0))
-        ddir2 = os.path.join(self.cfg["state_root"], "other-uuid")
-        state.make_dir(ddir2)
-        with mock.patch("relocate_hook.state.pick_port",
-                        return_value=self.rel["port"]):
-            state.plan(self.cfg, "vm2", ddir2, "vdb", "h", "10809", "e")
-        named = domain(nbd_disk("vda", host="this-host",
-                                port=self.rel["port"]))
-        self.assertEqual(self.prepare(named), 1)
+        self.assertEqual(self.start_after_giving_port_away(0), 1)
         self.assertTrue(self.log_line("start refused").endswith(
             "now: the guest never wrote here, so its disk is at "
             "nbd://old-host:10809/disk1: point the disk there again with "

@@ -349,29 +349,29 @@ class Onward(KeeperTest):
             "when": "2024-05-01T10:00:00", "client_flushes": flushes,
             "nbdkit": k.child.pid if pid is None else pid})
 
-    def test_next_host_complete(self, clients):
-        """A flush after the hand-over, then no client: stopped at once
-        (onward_grace is an hour), logged as the next host's completion."""
+    def flushed_after_hand_over(self, end):
+        """onward_grace an hour; 7 flushes at the hand-over, 8 now;
+        end(keeper, thread) while ctl_status says so."""
         self.cfg = self.config(serve="unix", onward_grace="3600")
         k = self.sleeper()
         with mock.patch("relocate_hook.keeper.ctl_status",
                         return_value={"client_flushes": 8}):
             t = self.start(k)
             self.handed_over(k, 7)
-            self.finish(t)
+            end(k, t)
+        return k
+
+    def test_next_host_complete(self, clients):
+        """A flush after the hand-over, then no client: stopped at once
+        (onward_grace is an hour), logged as the next host's completion."""
+        k = self.flushed_after_hand_over(lambda k, t: self.finish(t))
         self.assertEqual(k.child.returncode, -signal.SIGTERM)
         self.assertEqual(self.log_line("server stopped"), self.DONE_LINE)
 
     def test_next_host_complete_needs_gone(self, clients):
         """The flush came but the next host is still connected: serving."""
         clients.return_value = 1
-        self.cfg = self.config(serve="unix", onward_grace="3600")
-        k = self.sleeper()
-        with mock.patch("relocate_hook.keeper.ctl_status",
-                        return_value={"client_flushes": 8}):
-            t = self.start(k)
-            self.handed_over(k, 7)
-            self.keeps_running(k, t)
+        self.flushed_after_hand_over(self.keeps_running)
 
     def test_no_flush_since(self, clients):
         """No flush since the hand-over (or its count unknown): the
