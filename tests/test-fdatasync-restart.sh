@@ -71,7 +71,9 @@ rm -f "$tmp/dst.sock"
 fallocate --punch-hole --offset $((6 << 20)) --length $((1 << 20)) "$tmp/dst.img"
 touch "$tmp/fail-now"
 rc=0
-env LD_PRELOAD="$tmp/shim.so" "FAIL_FDATASYNC_PATH=$tmp/dst.img" \
+# (use_shim's nbdkit, under timeout: the sanitizer's preload first.)
+pre=${SANITIZER_PRELOAD:-}
+env LD_PRELOAD="${pre:+$pre }$tmp/shim.so" "FAIL_FDATASYNC_PATH=$tmp/dst.img" \
     "FAIL_FDATASYNC_WHEN=$tmp/fail-now" \
     timeout 60 nbdkit -f --log=stderr -U "$tmp/bad.sock" --filter="$FILTER" \
     nbd socket="$tmp/src.sock" relocate-file="$tmp/dst.img" \
