@@ -557,11 +557,29 @@ else
     ! console | grep -E "GUEST: error|I/O error" || fail "the guest saw an error"
     grep -q "domain '$GDOM' disk vda: the guest was paused by an I/O error while the server was down: resumed" "$LOGB" ||
         fail "no resume in hook.log: $(grep "$GDOM" "$LOGB" | tail -n 3)"
+    "$RELOCATECTL" rate "$DG/control.sock" 0 >/dev/null || fail "relocatectl rate (guest)"
+    "$RELOCATECTL" wait --timeout 120 "$DG/control.sock" >/dev/null ||
+        fail "the guest's relocation did not complete"
     pg=$(pid_in "$DG")
     vB destroy "$GDOM" >/dev/null || fail "destroy $GDOM on B"
+    last=$(rounds)
     for i in $(seq 200); do running "$pg" "$DG" || break; sleep 0.1; done
     running "$pg" "$DG" && fail "B's restarted server still runs after destroy"
-    pass "a guest OS writing on B: its server killed -9 twice, $(grep -c "$GDOM.*resumed" "$LOGB") pause(s) resumed by the keeper, $(rounds) rounds with no error and every block read back as written; destroy stopped the server ($(elapsed))"
+    # B's file: the old host's image but for the guest's 64 blocks at
+    # 4 MiB, each its slot's latest round (padded with zeroes).
+    $PY - "$tmp/src.img" "$DG/disk.img" "$last" <<'EOF' || fail "B's file is not the disk as the guest left it"
+import sys
+src, got, last = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read(), int(sys.argv[3])
+lo, hi = 1024 * 4096, 1088 * 4096
+assert len(src) == len(got), "sizes differ"
+assert src[:lo] == got[:lo] and src[hi:] == got[hi:], "a block the guest did not write differs"
+for slot in range(64):
+    blk = got[lo + slot * 4096:lo + (slot + 1) * 4096]
+    n = int(blk[6:14])
+    assert blk == ("round %08d\n" % n).encode().ljust(4096, b"\0"), "slot %d: %r" % (slot, blk[:20])
+    assert n % 64 == slot and n > last - 64, "slot %d holds round %d (last printed %d)" % (slot, n, last)
+EOF
+    pass "a guest OS writing on B: its server killed -9 twice, $(grep -c "$GDOM.*resumed" "$LOGB") pause(s) resumed by the keeper, $last rounds with no error and every block read back as written; the relocation completed byte-exact; destroy stopped the server ($(elapsed))"
 fi
 
 pass "all in $(elapsed)"
