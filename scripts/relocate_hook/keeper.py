@@ -14,8 +14,9 @@ waits.  SIGTERM stops both.  It stops nbdkit:
 - once the domain has left this host (the marker onward exists), when
   the next host has said it is complete (a client flush, counted in
   the filter's status, after those recorded in the marker) and its
-  connections are gone, or when no client has been connected for
-  onward_grace seconds.
+  connections are gone (other clients keep it COMPLETE_LINGER seconds
+  at most), or when no client has been connected for onward_grace
+  seconds.
 
 When nbdkit exits without the hook having stopped it (no marker
 stopping), hook.log says so, with nbdkit's last message, and the keeper
@@ -44,6 +45,9 @@ STARTING = "nbdkit-relocate-hook: starting nbdkit"
 RESTART_DELAY = 0.3
 # For how long after a restart a guest paused by an I/O error is resumed.
 RESUME_WINDOW = 30
+# For how long after the next host said it is complete other clients
+# (not the next host: a stray nbdsh, a probe) keep the server serving.
+COMPLETE_LINGER = 10
 
 
 def _how(rc):
@@ -73,6 +77,7 @@ class Keeper:
         # the domain left (across restarts: a restart is no activity).
         self.idle_since = self.onward_idle = time.monotonic()
         self.resume_until = 0       # after a restart: resume the guest
+        self.completed_at = None    # when the next host said it is complete
 
     def on_sigterm(self, signum=None, frame=None):
         """The hook stops the server: nbdkit goes, nothing is started."""
@@ -110,13 +115,21 @@ class Keeper:
             if now < self.resume_until:
                 self._resume_guest(ctl)
             if state.marked(self.here, state.ONWARD):
-                if server_clients(self.rel) > 0:
+                clients = server_clients(self.rel)
+                if self.completed_at is None and self._next_host_complete(ctl):
+                    self.completed_at = now
+                if clients > 0:
                     self.onward_idle = now
-                elif self._next_host_complete(ctl):
+                if self.completed_at is not None and (
+                        clients == 0 or
+                        now - self.completed_at >= COMPLETE_LINGER):
                     self._stop("the next host said its relocation from this "
-                               "server is complete (a flush), and has gone")
+                               "server is complete (a flush), and has gone%s"
+                               % ("" if clients == 0 else
+                                  " (%d other client(s) still connected are "
+                                  "not the next host)" % clients))
                     return
-                elif now - self.onward_idle >= grace:
+                if clients == 0 and now - self.onward_idle >= grace:
                     self._stop("no host has read from this server for %d s "
                                "since the domain left, and none said it was "
                                "complete" % grace)

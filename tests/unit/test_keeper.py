@@ -373,6 +373,17 @@ class Onward(KeeperTest):
         clients.return_value = 1
         self.flushed_after_hand_over(self.keeps_running)
 
+    @mock.patch("relocate_hook.keeper.COMPLETE_LINGER", 1.5)
+    def test_complete_stray_client(self, clients):
+        """The flush came, and a client stays (not the next host, which
+        closes its connections): stopped COMPLETE_LINGER later."""
+        clients.return_value = 1
+        k = self.flushed_after_hand_over(lambda k, t: self.finish(t))
+        self.assertEqual(k.child.returncode, -signal.SIGTERM)
+        self.assertEqual(self.log_line("server stopped"), self.DONE_LINE.replace(
+            "has gone:", "has gone (1 other client(s) still connected are "
+            "not the next host):"))
+
     def test_no_flush_since(self, clients):
         """No flush since the hand-over (or its count unknown): the
         domain's own flushes do not count; serving for onward_grace."""
