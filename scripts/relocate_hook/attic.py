@@ -49,7 +49,7 @@ def move_aside(cfg, ddir, target):
 def sweep(cfg, ddir, now=None):
     """Remove the attic copies older than attic_days that no server
     uses any more, each with a hook.log line."""
-    keep = cfg.attic_seconds()
+    keep = cfg.days("attic_days")
     attic = os.path.join(ddir, "attic")
     if keep is None or not os.path.isdir(attic):
         return

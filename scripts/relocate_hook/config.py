@@ -35,6 +35,7 @@ DEFAULTS = {
     "onward_grace": "3600",      # an onward server not told "complete" stops this long after its last client
     "qemu_log_dir": "/var/log/libvirt/qemu",
     "attic_days": "7",           # attic copies older than this go; "forever": kept
+    "plan_days": "7",            # a plan never started gives its port back after this; "forever": never
     "restarts": "5",             # a server that dies is started again, at most
     "restart_window": "60",      # this many times in this many seconds
     "pause_on_error": "yes",     # yes: the guest pauses on an I/O error, resumed after a restart
@@ -174,26 +175,27 @@ class Config:
             return "pause_on_error = %s: yes or no" % self["pause_on_error"]
         return None
 
-    def attic_seconds(self):
-        """How long an attic copy is kept, or None: for ever."""
-        if self["attic_days"].strip() == "forever":
+    def days(self, key):
+        """A key in days (attic_days, plan_days) as seconds, or None: for
+        ever."""
+        if self[key].strip() == "forever":
             return None
-        return self.seconds("attic_days") * 86400
+        return self.seconds(key) * 86400
 
     def _check_numbers(self):
         positive = ("start_timeout", "restart_window")
+        days = ("attic_days", "plan_days")
         for key in ("start_timeout", "standby_timeout", "stop_grace",
-                    "onward_grace", "restart_window", "attic_days",
-                    "reconnect_delay"):
-            if key == "attic_days" and self[key].strip() == "forever":
+                    "onward_grace", "restart_window", "reconnect_delay") + days:
+            if key in days and self[key].strip() == "forever":
                 continue
             v = _finite(self[key])
             if v is None or v < 0 or (key in positive and v == 0):
                 return ("%s = %s: a number of %s, %s%s" %
                         (key, self[key],
-                         "days" if key == "attic_days" else "seconds",
+                         "days" if key in days else "seconds",
                          "more than 0" if key in positive else "0 or more",
-                         ", or forever" if key == "attic_days" else ""))
+                         ", or forever" if key in days else ""))
         if not re.fullmatch(r"\d+", self["restarts"].strip()):
             return ("restarts = %s: how many times a server that died is "
                     "started again within restart_window, 0 or more" %

@@ -161,18 +161,27 @@ def _keeper_lives(ddisk):
     return True
 
 
-def holds_port(ddisk, rel):
+def holds_port(ddisk, rel, plan_keep=None, now=None):
     """Does a current relocation keep its port?  While its server is
     kept (a restart briefly unbinds the port), and while a definition
-    may still name it to resume it: planned and never run (an offline
-    migration's definition), or started and not complete.  A complete
-    one, and one whose server ran and stopped in standby (a live
-    migration that failed), gives it back."""
+    may still name it to resume it: started and not complete, or
+    planned and never run (an offline migration's definition) for
+    plan_keep seconds (None: for ever).  A complete one, and one whose
+    server ran and stopped in standby (a live migration that failed),
+    gives it back: nothing of the disk is only here."""
     if rel.get("serve") != "tcp":
         return False
     if _keeper_lives(ddisk):
         return True
     flags = bitmap_flags(rel.get("file", "") + ".bitmap")
+    if flags is None and not os.path.exists(rel.get("file", "") + ".bitmap"):
+        try:
+            planned = time.mktime(time.strptime(rel["planned"],
+                                                "%Y-%m-%dT%H:%M:%S"))
+        except (KeyError, ValueError):
+            return True
+        now = time.time() if now is None else now
+        return plan_keep is None or now - planned < plan_keep
     return flags is None or (flags & STARTED and not flags & COMPLETE)
 
 
@@ -182,7 +191,7 @@ def port_taken(cfg, ddisk, rel):
     if rel.get("serve") != "tcp":
         return None
     for d, r in relocations(cfg["state_root"]):
-        if d != ddisk and holds_port(d, r) and \
+        if d != ddisk and holds_port(d, r, cfg.days("plan_days")) and \
                 int(r.get("port", 0)) == int(rel["port"]):
             return d, r
     return None
@@ -193,7 +202,7 @@ def pick_port(cfg, bindable=_bindable):
     and that can be bound now, or None.  (Call with the ports lock held.)"""
     first, last = cfg.port_range()
     taken = {int(r.get("port", 0)) for d, r in relocations(cfg["state_root"])
-             if holds_port(d, r)}
+             if holds_port(d, r, cfg.days("plan_days"))}
     ports = [p for p in range(first, last + 1) if p not in taken]
     random.shuffle(ports)
     for p in ports:

@@ -3,6 +3,7 @@ header, and the port and address each relocation gets."""
 
 import os
 import socket
+import time
 import unittest
 
 import hooktest
@@ -161,6 +162,23 @@ class Relocations(hooktest.TempDirTest):
                 self.assertEqual(free(), given_back)
                 state.write_pids(ddisk, os.getpid(), 0)   # a keeper lives
                 self.assertFalse(free())
+
+    def test_plan_never_started_gives_its_port_back(self):
+        """Planned, never run: its port is held plan_days (default 7),
+        then given back; "forever" holds it."""
+        ddisk, rel = self.relocation("u1/vda", port=20000)
+        rel["file"] = os.path.join(ddisk, "disk.img")
+        for age_days, keys, given_back in ((6.9, {}, False), (7.1, {}, True),
+                                           (0.6, {"plan_days": "0.5"}, True),
+                                           (400, {"plan_days": "forever"}, False)):
+            with self.subTest(age_days=age_days, keys=keys):
+                rel["planned"] = time.strftime(
+                    "%Y-%m-%dT%H:%M:%S",
+                    time.localtime(time.time() - age_days * 86400))
+                state.write_json(os.path.join(ddisk, "relocation.json"), rel)
+                cfg = self.config(ports="20000-20000", **keys)
+                self.assertEqual(state.pick_port(cfg, lambda a, p: True) == 20000,
+                                 given_back)
 
     def test_150_relocations_through_100_ports(self):
         """150 relocations planned one after another, each complete before
