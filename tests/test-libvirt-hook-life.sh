@@ -232,15 +232,17 @@ tconf () {  # tconf FILE ROOT SERVE_NAME PORT0 [KEY = VALUE lines]
     local f=$1 r=$2 n=$3 p0=$4; shift 4
     conf "$f" "state_root = $r" "serve = tcp" "serve_name = $n" \
         "listen = 127.0.0.1" "ports = $p0-$((p0 + 19))" \
-        "onward_grace = ${GRACE:-2}" "qemu_log_dir = $r" "$@"
+        "onward_grace = 2" "onward_window = ${WINDOW:-3}" \
+        "qemu_log_dir = $r" "$@"
 }
 # qemu_exit DOMAIN ROOT REASON: the line libvirt writes to the domain's
 # QEMU log when QEMU stops (migrated: it left this host by migration).
 qemu_exit () { echo "2024-01-01 00:00:00.000+0000: shutting down, reason=$3" >> "$2/$1.log"; }
 tconf "$tmp/b.conf" "$tmp/rootB" localhost "$pr"
 tconf "$tmp/c.conf" "$tmp/rootC" 127.0.0.1 $((pr + 50))
-# vm7: B waits an hour for C; C's copy is slow enough to be killed.
-GRACE=3600 tconf "$tmp/b7.conf" "$tmp/rootB" localhost "$pr"
+# vm7: B waits an hour for an incomplete C; C's copy is slow enough to
+# be killed.
+WINDOW=3600 tconf "$tmp/b7.conf" "$tmp/rootB" localhost "$pr"
 tconf "$tmp/c7.conf" "$tmp/rootC" 127.0.0.1 $((pr + 50)) "rate = 512K"
 host_of () { $PY -c 'import sys,xml.etree.ElementTree as E; h=E.parse(sys.argv[1]).getroot().find(".//source/host"); print("%s:%s" % (h.get("name"), h.get("port")))' "$1"; }
 sed "s/@NAME@/vm7/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0007/" "$SAMPLES/one-disk.xml" > "$tmp/vm7.xml"
@@ -280,7 +282,8 @@ $NBDIO writes "nbd://$hc/disk1" "$tmp/guest7.img" 8 40 || fail "guest writes on 
 [ "$("$RELOCATECTL" status --json "$DC/control.sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = relocating ] ||
     fail "C's relocation is not in progress"
 # C crashes (its nbdkit and keeper at once) and is down for longer
-# than B's keeper looks twice: B keeps serving, C resumes from B.
+# than onward_grace (2 s) and than B's keeper looks twice: B keeps
+# serving (onward_window is an hour), C resumes from B.
 kill -KILL $(hook_pids "$DC/pids.json")
 sleep 4
 running "$pb" || fail "B's server stopped while C was down, incomplete"
@@ -289,7 +292,7 @@ NBDKIT_RELOCATE_HOOK_CONF=$tmp/c7.conf "$HOOK" vm7 prepare begin - < "$tmp/c7.xm
 "$RELOCATECTL" rate "$DC/control.sock" 0 >/dev/null || fail "relocatectl rate (C)"
 "$RELOCATECTL" wait --timeout 60 "$DC/control.sock" || fail "C's relocation did not complete"
 # C is complete, said so and closed its connections: B's server stops
-# by itself, long before onward_grace.
+# by itself, long before onward_window.
 wait_for bash -c "! kill -0 $pb 2>/dev/null" || fail "B's server still runs after C completed"
 wait_for grep -q "domain 'vm7' disk vda: the next host said its relocation from this server is complete (a flush), and has gone: server stopped" "$tmp/rootB/hook.log" ||
     fail "no stop line on B: $(tail -n 3 "$tmp/rootB/hook.log")"

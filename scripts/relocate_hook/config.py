@@ -32,7 +32,8 @@ DEFAULTS = {
     "serve_name": "auto",        # the host name put in the XML; auto = FQDN
     "listen": "",                # nbdkit -i: an address; empty = all
     "ports": "10810-10909",      # the relocation servers' TCP ports
-    "onward_grace": "3600",      # an onward server not told "complete" stops this long after its last client
+    "onward_window": "3600",     # an onward server not told "complete" stops this long after its last client
+    "onward_grace": "10",        # once told "complete", other clients keep it this long at most
     "qemu_log_dir": "/var/log/libvirt/qemu",
     "attic_days": "7",           # attic copies older than this go; "forever": kept
     "plan_days": "7",            # a plan never started gives its port back after this; "forever": never
@@ -186,7 +187,8 @@ class Config:
         positive = ("start_timeout", "restart_window")
         days = ("attic_days", "plan_days")
         for key in ("start_timeout", "standby_timeout", "stop_grace",
-                    "onward_grace", "restart_window", "reconnect_delay") + days:
+                    "onward_window", "onward_grace", "restart_window",
+                    "reconnect_delay") + days:
             if key in days and self[key].strip() == "forever":
                 continue
             v = _finite(self[key])

@@ -256,7 +256,7 @@ def release(cfg, name, xml_text):
                 "relocating it from here): the server keeps serving until "
                 "that host is complete, or for %s s after its last client "
                 "has gone" % (name, d["target"], clients,
-                              cfg["onward_grace"]))
+                              cfg["onward_window"]))
             continue
         gone = server.stop_disk_server(cfg, ddisk)
         log("domain %r disk %s: %s" %

@@ -14,8 +14,8 @@ waits.  SIGTERM stops both.  It stops nbdkit:
 - once the domain has left this host (the marker onward exists), when
   the next host has said it is complete (a client flush, counted in
   the filter's status, after those recorded in the marker) and its
-  connections are gone (other clients keep it COMPLETE_LINGER seconds
-  at most), or when no client has been connected for onward_grace
+  connections are gone (other clients keep it onward_grace seconds at
+  most), or when no client has been connected for onward_window
   seconds.
 
 When nbdkit exits without the hook having stopped it (no marker
@@ -45,9 +45,6 @@ STARTING = "nbdkit-relocate-hook: starting nbdkit"
 RESTART_DELAY = 0.3
 # For how long after a restart a guest paused by an I/O error is resumed.
 RESUME_WINDOW = 30
-# For how long after the next host said it is complete other clients
-# (not the next host: a stray nbdsh, a probe) keep the server serving.
-COMPLETE_LINGER = 10
 
 
 def _how(rc):
@@ -103,6 +100,9 @@ class Keeper:
 
     def _watch(self):
         """Until nbdkit exits: stop it when it idles (above)."""
+        window = self.cfg.seconds("onward_window")
+        # Other clients than the next host (a stray nbdsh, a probe) keep
+        # the server this long after the next host said it is complete.
         grace = self.cfg.seconds("onward_grace")
         ctl = os.path.join(self.here, "control.sock")
         n = 0
@@ -122,17 +122,17 @@ class Keeper:
                     self.onward_idle = now
                 if self.completed_at is not None and (
                         clients == 0 or
-                        now - self.completed_at >= COMPLETE_LINGER):
+                        now - self.completed_at >= grace):
                     self._stop("the next host said its relocation from this "
                                "server is complete (a flush), and has gone%s"
                                % ("" if clients == 0 else
                                   " (%d other client(s) still connected are "
                                   "not the next host)" % clients))
                     return
-                if clients == 0 and now - self.onward_idle >= grace:
+                if clients == 0 and now - self.onward_idle >= window:
                     self._stop("no host has read from this server for %d s "
                                "since the domain left, and none said it was "
-                               "complete" % grace)
+                               "complete" % window)
                     return
                 continue
             self.onward_idle = now

@@ -32,7 +32,7 @@ class KeeperTest(hooktest.TempDirTest):
     def setUp(self):
         super().setUp()
         self.cfg = self.config(serve="unix", stop_grace="0.5",
-                               onward_grace="0.5", restarts="0")
+                               onward_window="0.5", restarts="0")
         ddir = os.path.join(self.cfg["state_root"], UUID)
         self.rel = state.plan(self.cfg, "vm1", ddir, "vda", "old-host",
                               "10809", "disk1")
@@ -334,7 +334,8 @@ class Resume(KeeperTest):
 
 @mock.patch("relocate_hook.keeper.server_clients", return_value=0)
 class Onward(KeeperTest):
-    """The domain left: nbdkit stops onward_grace after its last client."""
+    """The domain left: nbdkit stops once the next host says it is
+    complete, or onward_window after its last client."""
 
     ONWARD_LINE = ("domain 'vm1' disk vda: no host has read from this "
                    "server for 0 s since the domain left, and none said it "
@@ -349,10 +350,10 @@ class Onward(KeeperTest):
             "when": "2024-05-01T10:00:00", "client_flushes": flushes,
             "nbdkit": k.child.pid if pid is None else pid})
 
-    def flushed_after_hand_over(self, end):
-        """onward_grace an hour; 7 flushes at the hand-over, 8 now;
+    def flushed_after_hand_over(self, end, **keys):
+        """onward_window an hour; 7 flushes at the hand-over, 8 now;
         end(keeper, thread) while ctl_status says so."""
-        self.cfg = self.config(serve="unix", onward_grace="3600")
+        self.cfg = self.config(serve="unix", onward_window="3600", **keys)
         k = self.sleeper()
         with mock.patch("relocate_hook.keeper.ctl_status",
                         return_value={"client_flushes": 8}):
@@ -363,7 +364,7 @@ class Onward(KeeperTest):
 
     def test_next_host_complete(self, clients):
         """A flush after the hand-over, then no client: stopped at once
-        (onward_grace is an hour), logged as the next host's completion."""
+        (onward_window is an hour), logged as the next host's completion."""
         k = self.flushed_after_hand_over(lambda k, t: self.finish(t))
         self.assertEqual(k.child.returncode, -signal.SIGTERM)
         self.assertEqual(self.log_line("server stopped"), self.DONE_LINE)
@@ -373,12 +374,12 @@ class Onward(KeeperTest):
         clients.return_value = 1
         self.flushed_after_hand_over(self.keeps_running)
 
-    @mock.patch("relocate_hook.keeper.COMPLETE_LINGER", 1.5)
     def test_complete_stray_client(self, clients):
         """The flush came, and a client stays (not the next host, which
-        closes its connections): stopped COMPLETE_LINGER later."""
+        closes its connections): stopped onward_grace later."""
         clients.return_value = 1
-        k = self.flushed_after_hand_over(lambda k, t: self.finish(t))
+        k = self.flushed_after_hand_over(lambda k, t: self.finish(t),
+                                         onward_grace="1.5")
         self.assertEqual(k.child.returncode, -signal.SIGTERM)
         self.assertEqual(self.log_line("server stopped"), self.DONE_LINE.replace(
             "has gone:", "has gone (1 other client(s) still connected are "
@@ -386,8 +387,8 @@ class Onward(KeeperTest):
 
     def test_no_flush_since(self, clients):
         """No flush since the hand-over (or its count unknown): the
-        domain's own flushes do not count; serving for onward_grace."""
-        self.cfg = self.config(serve="unix", onward_grace="3600")
+        domain's own flushes do not count; serving for onward_window."""
+        self.cfg = self.config(serve="unix", onward_window="3600")
         for base in (8, None):
             with self.subTest(base=base):
                 k = self.sleeper()
@@ -401,7 +402,7 @@ class Onward(KeeperTest):
     def test_restarted_counts_from_zero(self, clients):
         """nbdkit started again after the hand-over: every flush it
         counts is the next host's."""
-        self.cfg = self.config(serve="unix", onward_grace="3600")
+        self.cfg = self.config(serve="unix", onward_window="3600")
         k = self.sleeper()
         with mock.patch("relocate_hook.keeper.ctl_status",
                         return_value={"client_flushes": 1}):
@@ -425,7 +426,7 @@ class Onward(KeeperTest):
     def test_grace_from_last_client(self, clients):
         """A client at the first look (1 s): the grace counts from then."""
         clients.side_effect = [1] + [0] * 100
-        self.cfg = self.config(serve="unix", onward_grace="1.5")
+        self.cfg = self.config(serve="unix", onward_window="1.5")
         state.mark(self.ddisk, state.ONWARD)
         k = self.sleeper()
         t0 = time.time()
