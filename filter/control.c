@@ -192,8 +192,8 @@ reply_status (GString *out)
   g_string_append_printf (out, ",\"skipped_zero_bytes\":%" PRIu64,
                           STAT_GET (skipped_zero));
   g_string_append_printf (out, ",\"written_bytes\":%" PRIu64, STAT_GET (written));
-  g_string_append_printf (out, ",\"client_flushes\":%" PRIu64,
-                          STAT_GET (client_flushes));
+  g_string_append_printf (out, ",\"reader_flushes\":%" PRIu64,
+                          STAT_GET (reader_flushes));
   g_string_append_printf (out, ",\"elapsed_seconds\":%.3f", elapsed);
   g_string_append_printf (out, ",\"current_bytes_per_second\":%.0f", current);
   g_string_append_printf (out, ",\"average_bytes_per_second\":%.0f",

@@ -33,10 +33,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <glib.h>
 #include <nbdkit-filter.h>
 
 #include "params.h"
@@ -160,8 +162,13 @@ relocate_cleanup (nbdkit_backend *backend)
 static void client_begin (void) { state_client_begin (); }
 static int client_end (int r) { state_client_end (); return r; }
 
-/* A handle is needed, but clients share everything. */
-static int handle;
+/* Clients share everything but this: has the connection written?  A
+ * next host relocating from us never does, and flushes once when it
+ * is complete (upstream.c); a QEMU using us as its disk writes.
+ */
+struct conn {
+  bool wrote;
+};
 
 static void *
 relocate_open (nbdkit_next_open *next, nbdkit_context *nxdata,
@@ -172,14 +179,17 @@ relocate_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     nbdkit_error ("relocate: shutting down: connection refused");
     return NULL;
   }
-  return &handle;
+  return g_new0 (struct conn, 1);
 }
 
 static void
 relocate_close (void *h)
 {
+  g_free (h);
   drain_client_close ();
 }
+
+static void wrote (void *h) { ((struct conn *) h)->wrote = true; }
 
 static int64_t
 relocate_get_size (nbdkit_next *next, void *h)
@@ -266,6 +276,7 @@ relocate_pwrite (nbdkit_next *next, void *h, const void *buf, uint32_t count,
 {
   if (start_for_write (err) == -1)
     return -1;
+  wrote (h);
   client_begin ();
   return client_end (blk_write (buf, count, offset, flags & NBDKIT_FLAG_FUA,
                                 err));
@@ -277,6 +288,7 @@ relocate_zero (nbdkit_next *next, void *h, uint32_t count, uint64_t offset,
 {
   if (start_for_write (err) == -1)
     return -1;
+  wrote (h);
   client_begin ();
   return client_end (blk_zero (count, offset, flags & NBDKIT_FLAG_MAY_TRIM,
                                flags & NBDKIT_FLAG_FUA, err));
@@ -288,6 +300,7 @@ relocate_trim (nbdkit_next *next, void *h, uint32_t count, uint64_t offset,
 {
   if (start_for_write (err) == -1)
     return -1;
+  wrote (h);
   return blk_trim (count, offset, flags & NBDKIT_FLAG_FUA, err);
 }
 
@@ -295,7 +308,8 @@ static int
 relocate_flush (nbdkit_next *next, void *h, uint32_t flags, int *err)
 {
   /* Counted: a next host relocating from us flushes when complete. */
-  STAT_ADD (client_flushes, 1);
+  if (!((struct conn *) h)->wrote)
+    STAT_ADD (reader_flushes, 1);
   if (state_get () == STATE_STANDBY)
     return 0;                   /* nothing stored yet */
   return blk_flush_client (err);

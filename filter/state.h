@@ -28,7 +28,8 @@ struct stats {
   uint64_t fetched_background; /* bytes fetched by the background copy */
   uint64_t skipped_zero;       /* bytes marked present as known zeroes */
   uint64_t written;            /* bytes written by clients */
-  uint64_t client_flushes;     /* flushes clients asked for (this run) */
+  uint64_t reader_flushes;     /* flushes on connections that never
+                                  wrote (this run) */
 };
 extern struct stats stats;
 

@@ -136,6 +136,20 @@ def _start_named(cfg, name, ddisk, rel):
     why = attic.moved_on(ddisk, rel)
     if why:
         return why
+    ident, refusal = _checked(cfg)
+    if refusal:
+        return "%s (%s)" % (refusal, cfg.path)
+    if rel["serve"] != "tcp":
+        return _start(cfg, name, ddisk, rel, ident)
+    # Until its keeper runs, a relocation that gave its port back holds
+    # nothing: no plan may take the port meanwhile.
+    with state.ports_lock(cfg):
+        return _start(cfg, name, ddisk, rel, ident)
+
+
+def _start(cfg, name, ddisk, rel, ident):
+    """Start the server of a relocation whose port, if it has one, is
+    not another's now.  None, or why not."""
     taken = state.port_taken(cfg, ddisk, rel)
     if taken:
         why = ("its relocation gave its port %s back and it is disk %s's of "
@@ -149,9 +163,6 @@ def _start_named(cfg, name, ddisk, rel):
         return why + ("the guest never wrote here, so its disk is at %s: "
                       "point the disk there again with virsh edit, then "
                       "start it" % rel["source"])
-    ident, refusal = _checked(cfg)
-    if refusal:
-        return "%s (%s)" % (refusal, cfg.path)
     resumed = os.path.exists(rel["file"] + ".bitmap")
     if not server.start_server(cfg, ddisk, rel, ident,
                                server.filter_supports(
@@ -246,11 +257,13 @@ def release(cfg, name, xml_text):
                  os.path.join(ddisk, state.MOVED_ON)))
         st = server.ctl_status(cfg, d["control"])
         if clients > 0:
-            # The flushes so far are this domain's: the next host's
-            # completion is a flush after them (keeper.py).
+            # The flushes and writes so far are this domain's: the next
+            # host's completion is a flush after them, with no write
+            # (keeper.py).
             state.write_json(os.path.join(ddisk, state.ONWARD), {
                 "when": state.now(), "nbdkit": pids.get("nbdkit"),
-                "client_flushes": (st or {}).get("client_flushes")})
+                "reader_flushes": (st or {}).get("reader_flushes"),
+                "written_bytes": (st or {}).get("written_bytes")})
             log("domain %r disk %s: the domain left this host and %d "
                 "client(s) still read from its server (the next host "
                 "relocating it from here): the server keeps serving until "

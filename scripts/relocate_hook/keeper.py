@@ -23,7 +23,7 @@ stopping), hook.log says so, with nbdkit's last message, and the keeper
 starts it again over the same files (at most restarts times in
 restart_window seconds).  With pause_on_error, QEMU paused the guest
 on the I/O error instead of failing its I/O: for RESUME_WINDOW seconds
-after a restart, once the server answers, a domain paused by an I/O
+from when the restarted server first answers, a domain paused by an I/O
 error is resumed (virsh resume, with a hook.log line).  The keeper is
 not inside a hook call, so it may call libvirt.
 """
@@ -74,6 +74,7 @@ class Keeper:
         # the domain left (across restarts: a restart is no activity).
         self.idle_since = self.onward_idle = time.monotonic()
         self.resume_until = 0       # after a restart: resume the guest
+        self.resume_pending = False  # restarted, not answering yet
         self.completed_at = None    # when the next host said it is complete
 
     def on_sigterm(self, signum=None, frame=None):
@@ -112,11 +113,18 @@ class Keeper:
             if n % 5:
                 continue
             now = time.monotonic()
+            if self.resume_pending and ctl_status(self.cfg, ctl) is not None:
+                # It answers (a restart may wait relocate-timeout for the
+                # source first): resume the guest for RESUME_WINDOW s.
+                self.resume_pending = False
+                self.resume_until = now + RESUME_WINDOW
             if now < self.resume_until:
                 self._resume_guest(ctl)
             if state.marked(self.here, state.ONWARD):
                 clients = server_clients(self.rel)
-                if self.completed_at is None and self._next_host_complete(ctl):
+                if not self._next_host_complete(ctl):
+                    self.completed_at = None
+                elif self.completed_at is None:
                     self.completed_at = now
                 if clients > 0:
                     self.onward_idle = now
@@ -175,20 +183,26 @@ class Keeper:
             "the server was down: resumed" % (self.name, self.target))
 
     def _next_host_complete(self, ctl):
-        """Has a client flushed since the domain left?  The marker holds
-        nbdkit's pid and count at the hand-over; an nbdkit started
-        again since counts only the next host's.  Unknown: no."""
+        """Has the next host said it is complete: a flush on a connection
+        that never wrote since the domain left, and no write by anyone
+        (a QEMU that uses this server as its disk writes, and may flush
+        on a fresh connection after a reconnection)?  The marker holds
+        nbdkit's pid and both counts at the hand-over; an nbdkit started
+        again since counts flushes from 0 (written_bytes carries on).
+        Unknown: no."""
         marker = state.read_json(os.path.join(self.here, state.ONWARD)) or {}
-        if marker.get("nbdkit") is None:
+        written = marker.get("written_bytes")
+        if marker.get("nbdkit") is None or written is None:
             return False
         base = 0
         if marker["nbdkit"] == self.child.pid:
-            base = marker.get("client_flushes")
+            base = marker.get("reader_flushes")
             if base is None:
                 return False
-        st = ctl_status(self.cfg, ctl)
-        flushes = (st or {}).get("client_flushes")
-        return flushes is not None and flushes > base
+        st = ctl_status(self.cfg, ctl) or {}
+        if st.get("reader_flushes") is None or st.get("written_bytes") is None:
+            return False
+        return st["reader_flushes"] > base and st["written_bytes"] <= written
 
     def _last_message(self):
         """nbdkit's last message since the keeper last started it."""
@@ -291,8 +305,7 @@ class Keeper:
             time.sleep(RESTART_DELAY)
             if not self._in_place() or not self._start():
                 return
-            if self.cfg["pause_on_error"] == "yes":
-                self.resume_until = time.monotonic() + RESUME_WINDOW
+            self.resume_pending = self.cfg["pause_on_error"] == "yes"
 
 
 def main(argv):

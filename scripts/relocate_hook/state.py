@@ -19,6 +19,7 @@ STATE_ROOT/UUID/TARGET holding:
 Nothing here starts or stops a process.
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -185,6 +186,15 @@ def holds_port(ddisk, rel, plan_keep=None, now=None):
     return flags is None or (flags & STARTED and not flags & COMPLETE)
 
 
+@contextlib.contextmanager
+def ports_lock(cfg):
+    """Serialise the choice and the taking of ports (plan, and the start
+    of a relocation that gave its port back)."""
+    with open(os.path.join(cfg["state_root"], ".ports.lock"), "w") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        yield
+
+
 def port_taken(cfg, ddisk, rel):
     """The other current relocation that holds rel's port (rel gave it
     back), as (directory, record), or None."""
@@ -225,8 +235,7 @@ def plan(cfg, name, ddir, target, hostname, port, export):
            "serve": cfg["serve"],
            "planned": now()}
     if cfg["serve"] == "tcp":
-        with open(os.path.join(cfg["state_root"], ".ports.lock"), "w") as lk:
-            fcntl.flock(lk, fcntl.LOCK_EX)
+        with ports_lock(cfg):
             p = pick_port(cfg)
             if p is None:
                 log("domain %r disk %s: no free port in ports = %s: left "

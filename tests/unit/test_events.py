@@ -6,6 +6,7 @@ to start, and release only meets a stand-in process (the shell tests
 run the real server)."""
 
 import contextlib
+import fcntl
 import io
 import os
 import signal
@@ -238,6 +239,31 @@ class Prepare(EventTest):
             "nbd://old-host:10809/disk1: point the disk there again with "
             "virsh edit, then start it"))
 
+    def test_start_holds_the_ports_lock(self):
+        """A tcp relocation starts with .ports.lock held (no plan may take
+        its port before its keeper runs)."""
+        held = []
+
+        def start_server(cfg, ddisk, rel, ident, standby_param):
+            with open(os.path.join(cfg["state_root"], ".ports.lock")) as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(False)
+                except BlockingIOError:
+                    held.append(True)
+            return True
+
+        named = domain(nbd_disk("vda", host="this-host",
+                                port=self.rel["port"]))
+        with mock.patch("relocate_hook.server.start_server",
+                        side_effect=start_server), \
+                mock.patch("relocate_hook.server.filter_supports",
+                           return_value=True), \
+                mock.patch("relocate_hook.qemuconf.identity",
+                           return_value=(0, 0, True)):
+            self.assertEqual(self.prepare(named), 0)
+        self.assertEqual(held, [True])
+
     def test_no_relocation_here(self):
         """Another domain, or XML that does not parse: 0, nothing logged."""
         log_before = self.hook_log()
@@ -316,7 +342,7 @@ class Release(EventTest):
         self.assertEqual(state.read_json(os.path.join(
             self.ddisk, state.MOVED_ON))["clients"], 1)
         onward = state.read_json(os.path.join(self.ddisk, state.ONWARD))
-        self.assertEqual((onward["nbdkit"], onward["client_flushes"]),
+        self.assertEqual((onward["nbdkit"], onward["reader_flushes"]),
                          (nbdkit.pid, None))    # relocatectl: /bin/false
         self.assertEqual(
             self.log_line("still read"), "domain 'vm1' disk vda: the domain "

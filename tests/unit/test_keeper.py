@@ -313,6 +313,26 @@ class Resume(KeeperTest):
                       "error while the server was down: resumed",
                       self.hook_log())
 
+    @mock.patch("relocate_hook.keeper.RESUME_WINDOW", 1.5)
+    def test_window_from_first_answer(self, status):
+        """A restarted server that answers only after RESUME_WINDOW (it
+        waited for the source): the window starts then, the guest is
+        resumed."""
+        calls = self.virsh("paused (I/O error)")
+        answers_at = []
+        status.side_effect = lambda *a, **k: (
+            {} if answers_at and time.time() >= answers_at[0] else None)
+        k = self.sleeper()
+        t = self.start(k)
+        first = k.child.pid
+        os.kill(first, signal.SIGKILL)
+        self.wait_for(lambda: k.child.pid != first)
+        answers_at.append(time.time() + 2.5)
+        time.sleep(4.5)
+        self.stop(k)
+        self.finish(t)
+        self.assertIn("-c test:///default resume vm1", self.calls(calls))
+
     def test_paused_otherwise(self, status):
         """Paused by the operator, or running: not resumed."""
         for line in ("paused (user)", "running (booted)"):
@@ -345,9 +365,10 @@ class Onward(KeeperTest):
                  "server stopped")
 
     def handed_over(self, k, flushes, pid=None):
-        """The marker release writes: nbdkit's pid and flush count."""
+        """The marker release writes: nbdkit's pid, its counts."""
         state.write_json(os.path.join(self.ddisk, state.ONWARD), {
-            "when": "2024-05-01T10:00:00", "client_flushes": flushes,
+            "when": "2024-05-01T10:00:00", "reader_flushes": flushes,
+            "written_bytes": 4096,
             "nbdkit": k.child.pid if pid is None else pid})
 
     def flushed_after_hand_over(self, end, **keys):
@@ -356,7 +377,8 @@ class Onward(KeeperTest):
         self.cfg = self.config(serve="unix", onward_window="3600", **keys)
         k = self.sleeper()
         with mock.patch("relocate_hook.keeper.ctl_status",
-                        return_value={"client_flushes": 8}):
+                        return_value={"reader_flushes": 8,
+                                      "written_bytes": 4096}):
             t = self.start(k)
             self.handed_over(k, 7)
             end(k, t)
@@ -393,11 +415,27 @@ class Onward(KeeperTest):
             with self.subTest(base=base):
                 k = self.sleeper()
                 with mock.patch("relocate_hook.keeper.ctl_status",
-                                return_value={"client_flushes": 8}):
+                                return_value={"reader_flushes": 8,
+                                      "written_bytes": 4096}):
                     t = self.start(k)
                     self.handed_over(k, base)
                     self.keeps_running(k, t)
                 state.unmark(self.ddisk, state.STOPPING)
+
+    def test_a_writer_is_not_the_next_host(self, clients):
+        """A flush, but someone wrote since the hand-over (a QEMU that uses
+        this server as its disk, flushing on a fresh connection): not
+        complete; serving, though a client stays."""
+        clients.return_value = 1
+        self.cfg = self.config(serve="unix", onward_window="3600",
+                               onward_grace="0")
+        k = self.sleeper()
+        with mock.patch("relocate_hook.keeper.ctl_status",
+                        return_value={"reader_flushes": 8,
+                                      "written_bytes": 8192}):
+            t = self.start(k)
+            self.handed_over(k, 7)
+            self.keeps_running(k, t)
 
     def test_restarted_counts_from_zero(self, clients):
         """nbdkit started again after the hand-over: every flush it
@@ -405,7 +443,8 @@ class Onward(KeeperTest):
         self.cfg = self.config(serve="unix", onward_window="3600")
         k = self.sleeper()
         with mock.patch("relocate_hook.keeper.ctl_status",
-                        return_value={"client_flushes": 1}):
+                        return_value={"reader_flushes": 1,
+                                      "written_bytes": 4096}):
             t = self.start(k)
             self.handed_over(k, 7, pid=k.child.pid + 100000)
             self.finish(t)
