@@ -100,11 +100,8 @@ class Keeper:
             self.child.kill()
 
     def _watch(self):
-        """Until nbdkit exits: stop it when it idles (above)."""
-        window = self.cfg.seconds("onward_window")
-        # Other clients than the next host (a stray nbdsh, a probe) keep
-        # the server this long after the next host said it is complete.
-        grace = self.cfg.seconds("onward_grace")
+        """Until nbdkit exits, look every second: resume the guest after
+        a restart, stop nbdkit when it idles (above)."""
         ctl = os.path.join(self.here, "control.sock")
         n = 0
         while self.child.poll() is None:
@@ -121,39 +118,54 @@ class Keeper:
             if now < self.resume_until:
                 self._resume_guest(ctl)
             if state.marked(self.here, state.ONWARD):
-                clients = server_clients(self.rel)
-                if not self._next_host_complete(ctl):
-                    self.completed_at = None
-                elif self.completed_at is None:
-                    self.completed_at = now
-                if clients > 0:
-                    self.onward_idle = now
-                if self.completed_at is not None and (
-                        clients == 0 or
-                        now - self.completed_at >= grace):
-                    self._stop("the next host said its relocation from this "
-                               "server is complete (a flush), and has gone%s"
-                               % ("" if clients == 0 else
-                                  " (%d other client(s) still connected are "
-                                  "not the next host)" % clients))
-                    return
-                if clients == 0 and now - self.onward_idle >= window:
-                    self._stop("no host has read from this server for %d s "
-                               "since the domain left, and none said it was "
-                               "complete" % window)
+                if self._onward_done(ctl, now):
                     return
                 continue
             self.onward_idle = now
-            if self.standby <= 0:
-                continue
-            st = ctl_status(self.cfg, ctl)
-            if st is None or st.get("state") != "standby" or \
-                    server_clients(self.rel) != 0:
-                self.idle_since = now
-            elif now - self.idle_since >= self.standby:
-                self._stop("no client came in %d s of standby (the migration "
-                           "failed before QEMU started?)" % self.standby)
+            if self.standby > 0 and self._standby_done(ctl, now):
                 return
+
+    def _onward_done(self, ctl, now):
+        """The domain left: stop nbdkit once the next host said it is
+        complete and has gone (other clients, a stray nbdsh or a probe,
+        keep it onward_grace s at most), or once no client has been
+        connected for onward_window s.  True if stopped."""
+        clients = server_clients(self.rel)
+        if not self._next_host_complete(ctl):
+            self.completed_at = None
+        elif self.completed_at is None:
+            self.completed_at = now
+        if clients > 0:
+            self.onward_idle = now
+        if self.completed_at is not None and (
+                clients == 0 or
+                now - self.completed_at >= self.cfg.seconds("onward_grace")):
+            self._stop("the next host said its relocation from this server "
+                       "is complete (a flush), and has gone%s" %
+                       ("" if clients == 0 else
+                        " (%d other client(s) still connected are not the "
+                        "next host)" % clients))
+            return True
+        window = self.cfg.seconds("onward_window")
+        if clients == 0 and now - self.onward_idle >= window:
+            self._stop("no host has read from this server for %d s since "
+                       "the domain left, and none said it was complete" %
+                       window)
+            return True
+        return False
+
+    def _standby_done(self, ctl, now):
+        """STANDBY > 0: stop nbdkit once it has been in standby with no
+        client for STANDBY s.  True if stopped."""
+        st = ctl_status(self.cfg, ctl)
+        if st is None or st.get("state") != "standby" or \
+                server_clients(self.rel) != 0:
+            self.idle_since = now
+        elif now - self.idle_since >= self.standby:
+            self._stop("no client came in %d s of standby (the migration "
+                       "failed before QEMU started?)" % self.standby)
+            return True
+        return False
 
     def _virsh(self, *args):
         """virsh -c libvirt_uri ARGS...: its output, or None."""
