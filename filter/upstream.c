@@ -255,11 +255,6 @@ reap (void)
   }
 }
 
-/* Free c once its last thread is done with it: close its context
- * first (lock is dropped meanwhile, and that may take a while), so that
- * nothing is still inside the plugin once c is gone.  Caller holds
- * lock.
- */
 /* Tell the source we are done with it: one flush.  We never write to
  * the source, so it changes nothing there; a source that is itself a
  * relocation server (the host before this one) takes it as the sign
@@ -275,6 +270,11 @@ say_complete (nbdkit_next *n)
                   strerror (err));
 }
 
+/* Free c once its last thread is done with it: close its context
+ * first (lock is dropped meanwhile, and that may take a while), so that
+ * nothing is still inside the plugin once c is gone; a healthy one of
+ * a complete relocation says so first.  Caller holds lock.
+ */
 static void
 free_conn (struct conn *c)
 {
