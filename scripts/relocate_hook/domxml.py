@@ -93,8 +93,9 @@ def nbd_source(disk, local_names):
 def point_at_server(disk, rel, pause=False, reconnect_delay=0):
     """Rewrite the disk's <source> to name the relocation server.  pause:
     an I/O error pauses the guest (error_policy and rerror_policy
-    'stop', unless the definition sets them); reconnect_delay > 0:
-    <reconnect delay='N'/> in <source>, unless there is one."""
+    'stop', unless the definition sets them); reconnect_delay > 0
+    seconds: <reconnect delay='N'/> in <source> (whole seconds, at least
+    1), unless there is one."""
     source = disk.find("source")
     for h in source.findall("host"):
         source.remove(h)
@@ -104,7 +105,8 @@ def point_at_server(disk, rel, pause=False, reconnect_delay=0):
     else:
         ET.SubElement(source, "host", transport="unix", socket=rel["socket"])
     if reconnect_delay > 0 and source.find("reconnect") is None:
-        ET.SubElement(source, "reconnect", delay=str(int(reconnect_delay)))
+        ET.SubElement(source, "reconnect",
+                      delay=str(max(1, round(reconnect_delay))))
     if pause:
         driver = disk.find("driver")
         if driver is None:

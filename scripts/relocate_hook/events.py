@@ -80,8 +80,7 @@ def migrate_begin(cfg, name, xml_text):
         if rel is None:
             continue
         domxml.point_at_server(disk, rel, cfg["pause_on_error"] == "yes",
-                               max(1, round(cfg.seconds("reconnect_delay")))
-                               if cfg.seconds("reconnect_delay") > 0 else 0)
+                               cfg.seconds("reconnect_delay"))
         planned.append({"target": dev, "dir": os.path.join(ddir, dev),
                         "control": rel["control"], "file": rel["file"],
                         "source": rel["source"]})

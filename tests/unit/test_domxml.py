@@ -98,6 +98,9 @@ class Rewrite(unittest.TestCase):
                          {"name": "qemu", "type": "raw", "error_policy": "stop",
                           "rerror_policy": "stop"})
         self.assertEqual(d.find("source/reconnect").attrib, {"delay": "10"})
+        d = disk_of(domain(nbd_disk()))
+        domxml.point_at_server(d, TCP_REL, False, 0.3)
+        self.assertEqual(d.find("source/reconnect").attrib, {"delay": "1"})
         d = disk_of(domain(nbd_disk(inner="<reconnect delay='5'/>")))
         d.remove(d.find("driver"))
         domxml.point_at_server(d, TCP_REL, True, 10)
