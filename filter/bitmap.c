@@ -251,7 +251,7 @@ bitmap_create (const char *path, const struct bitmap_info *info_in)
     return -1;
   }
   bitmap_encode_header (&info, buf);
-  f = open (tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  f = open (tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (f == -1) {
     nbdkit_error ("relocate-bitmap %s: create: %m", tmp);
     return -1;

@@ -148,7 +148,7 @@ blkfile_open (uint64_t new_size)
   blk_size = info->block_size;
   blk_nblocks = info->nblocks;
   blk_export_size = info->size;
-  blk_fd = open (cfg.file, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  blk_fd = open (cfg.file, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (blk_fd == -1) {
     nbdkit_error ("relocate-file %s: %m", cfg.file);
     return -1;

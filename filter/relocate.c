@@ -92,8 +92,8 @@ relocate_after_fork (nbdkit_backend *backend)
    */
   if (blkfile_is_new ()) {
     if (upstream_connect_once (backend, &size) == -1) {
-      nbdkit_error ("relocate: cannot reach the source to learn its size; "
-                    "a new relocation needs it");
+      nbdkit_error ("relocate: cannot reach the source (%s) to learn its "
+                    "size; a new relocation needs it", cfg.source_id);
       return -1;
     }
   }

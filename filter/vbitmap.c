@@ -56,7 +56,7 @@ vbitmap_open (const char *path, const unsigned char id[16], uint64_t nblocks)
 
   read_boot_id (boot_id);
   map_len = VHEADER_SIZE + bytes;
-  fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd == -1 || fstat (fd, &st) == -1 ||
       ((uint64_t) st.st_size != map_len && ftruncate (fd, map_len) == -1)) {
     nbdkit_error ("relocate: volatile bitmap %s: %m", path);

@@ -290,3 +290,46 @@ running ()
     [[ $cmd == *"$2"* ]]
 }
 stopped () { ! running "$1"; }
+
+# make_ca DIR NAME: a certificate authority for tests (certtool, from
+# gnutls-bin): DIR/ca-key.pem and DIR/ca-cert.pem.
+make_ca ()
+{
+    local d=$1
+    mkdir -p "$d"
+    printf 'cn = "%s"\nca\ncert_signing_key\nexpiration_days = 30\n' "$2" > "$d/ca.tmpl"
+    certtool --generate-privkey --key-type=ecdsa --outfile "$d/ca-key.pem" 2>/dev/null &&
+    certtool --generate-self-signed --load-privkey "$d/ca-key.pem" \
+        --template "$d/ca.tmpl" --outfile "$d/ca-cert.pem" 2>/dev/null ||
+        fail "certtool: cannot make the CA $2"
+}
+
+# make_certs CADIR DIR: a directory of certificates as nbdkit, libnbd
+# and QEMU (libvirt's /etc/pki/qemu) read them: ca-cert.pem, and a
+# server and a client certificate signed by CADIR's CA, for localhost,
+# 127.0.0.1 and the relocate-* host names of the tests.
+make_certs ()
+{
+    local ca=$1 d=$2 kind
+    mkdir -p "$d"
+    cp "$ca/ca-cert.pem" "$d/"
+    for kind in server client; do
+        { echo "cn = \"relocate test $kind\""
+          if [ $kind = server ]; then
+              for n in localhost relocate-oldhost relocate-hosta relocate-hostb relocate-hostc; do
+                  echo "dns_name = \"$n\""
+              done
+              echo 'ip_address = "127.0.0.1"'
+              echo tls_www_server
+          else
+              echo tls_www_client
+          fi
+          printf 'signing_key\nencryption_key\nexpiration_days = 30\n'; } > "$d/$kind.tmpl"
+        certtool --generate-privkey --key-type=ecdsa --outfile "$d/$kind-key.pem" 2>/dev/null &&
+        certtool --generate-certificate --load-privkey "$d/$kind-key.pem" \
+            --load-ca-certificate "$ca/ca-cert.pem" --load-ca-privkey "$ca/ca-key.pem" \
+            --template "$d/$kind.tmpl" --outfile "$d/$kind-cert.pem" 2>/dev/null ||
+            fail "certtool: cannot make the $kind certificate in $d"
+        rm -f "$d/$kind.tmpl"
+    done
+}
