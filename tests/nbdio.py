@@ -22,6 +22,7 @@ import nbd
 
 def connect(uri):
     h = nbd.NBD()
+    h.set_uri_allow_local_file(True)   # nbds://...?tls-certificates=DIR
     h.connect_uri(uri)
     return h
 

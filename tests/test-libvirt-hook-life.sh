@@ -25,6 +25,10 @@ A="nbd://127.0.0.1:$pa/disk1"
 printf '#!/bin/bash\nexec %s"$@"\n' "$(nbdkit_words)" > "$tmp/bin/nbdkit"
 chmod +x "$tmp/bin/nbdkit"
 printf 'user = "nobody"\ngroup = "nogroup"\n' > "$tmp/qemu.conf"
+# The cluster's certificates (libvirt's /etc/pki/qemu): serve = tcp
+# requires TLS with client certificates.
+make_ca "$tmp/ca" "relocate test CA"
+make_certs "$tmp/ca" "$tmp/pki"
 conf () {   # conf FILE [KEY = VALUE lines]: a hook.conf
     local f=$1; shift
     { echo "[hook]"
@@ -36,6 +40,7 @@ conf () {   # conf FILE [KEY = VALUE lines]: a hook.conf
       echo "qemu_conf = $tmp/qemu.conf"
       echo "stop_grace = 3"
       echo "serve = unix"
+      echo "tls_dir = $tmp/pki"
       printf '%s\n' "$@"; } > "$f"
 }
 conf "$tmp/hook.conf"
@@ -244,6 +249,9 @@ tconf "$tmp/c.conf" "$tmp/rootC" 127.0.0.1 $((pr + 50))
 # be killed.
 WINDOW=3600 tconf "$tmp/b7.conf" "$tmp/rootB" localhost "$pr"
 tconf "$tmp/c7.conf" "$tmp/rootC" 127.0.0.1 $((pr + 50)) "rate = 512K"
+# tls_uri HOST:PORT: the NBD URI of a relocation server there, as QEMU
+# and the next host reach it (TLS, the cluster's client certificate).
+tls_uri () { echo "nbds://$1/disk1?tls-certificates=$tmp/pki"; }
 host_of () { $PY -c 'import sys,xml.etree.ElementTree as E; h=E.parse(sys.argv[1]).getroot().find(".//source/host"); print("%s:%s" % (h.get("name"), h.get("port")))' "$1"; }
 sed "s/@NAME@/vm7/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0007/" "$SAMPLES/one-disk.xml" > "$tmp/vm7.xml"
 U7=6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0007
@@ -262,13 +270,13 @@ NBDKIT_RELOCATE_HOOK_CONF=$tmp/b7.conf migrate_in vm7 "$tmp/vm7.xml" "$tmp/b7.xm
     fail "A -> B (serve = tcp)"
 hb=$(host_of "$tmp/b7.xml")
 [[ $hb == localhost:* ]] || fail "B's XML names $hb"
-$NBDIO writes "nbd://$hb/disk1" "$tmp/guest7.img" 7 40 || fail "guest writes on B"
+$NBDIO writes "$(tls_uri $hb)" "$tmp/guest7.img" 7 40 || fail "guest writes on B"
 # B -> C, live, before B's relocation is complete: C relocates from B.
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c7.conf migrate_in vm7 "$tmp/b7.xml" "$tmp/c7.xml" ||
     fail "B -> C"
 hc=$(host_of "$tmp/c7.xml")
 [[ $hc == 127.0.0.1:* ]] || fail "C's XML names $hc"
-grep -q "domain 'vm7' disk vda: relocating nbd://$hb/disk1 to $DC/disk.img" "$tmp/rootC/hook.log" ||
+grep -q "domain 'vm7' disk vda: relocating nbds://$hb/disk1 to $DC/disk.img" "$tmp/rootC/hook.log" ||
     fail "C does not relocate from B: $(cat "$tmp/rootC/hook.log")"
 pb=$(nbdkit_pid "$DB")
 # The domain leaves B: B's server keeps serving C's relocation.
@@ -278,7 +286,7 @@ NBDKIT_RELOCATE_HOOK_CONF=$tmp/b7.conf "$HOOK" vm7 release end - < "$tmp/b7.xml"
 running "$pb" || fail "B's server stopped while C still relocates from it"
 grep -q "domain 'vm7' disk vda: the domain left this host and [0-9]* client(s) still read from its server" "$tmp/rootB/hook.log" ||
     fail "no hand-over line: $(cat "$tmp/rootB/hook.log")"
-$NBDIO writes "nbd://$hc/disk1" "$tmp/guest7.img" 8 40 || fail "guest writes on C"
+$NBDIO writes "$(tls_uri $hc)" "$tmp/guest7.img" 8 40 || fail "guest writes on C"
 [ "$("$RELOCATECTL" status --json "$DC/control.sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = relocating ] ||
     fail "C's relocation is not in progress"
 # C crashes (its nbdkit and keeper at once) and is down for longer
@@ -296,7 +304,7 @@ NBDKIT_RELOCATE_HOOK_CONF=$tmp/c7.conf "$HOOK" vm7 prepare begin - < "$tmp/c7.xm
 wait_for bash -c "! kill -0 $pb 2>/dev/null" || fail "B's server still runs after C completed"
 wait_for grep -q "domain 'vm7' disk vda: the next host said its relocation from this server is complete (a flush), and has gone: server stopped" "$tmp/rootB/hook.log" ||
     fail "no stop line on B: $(tail -n 3 "$tmp/rootB/hook.log")"
-$NBDIO compare "nbd://$hc/disk1" "$tmp/guest7.img" || fail "C serves other data than the guest wrote"
+$NBDIO compare "$(tls_uri $hc)" "$tmp/guest7.img" || fail "C serves other data than the guest wrote"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 release end - < "$tmp/c7.xml" || fail "release end (C)"
 cmp "$DC/disk.img" "$tmp/guest7.img" || fail "A->B->C: the file on C differs"
 pass "A -> B -> C with serve = tcp: B serves C's relocation after the domain left, across C's crash and restart, and stops once C says it is complete; byte-exact on C"
@@ -311,7 +319,7 @@ grep -q "domain 'vm7' disk vda: start refused: the domain moved on from this hos
 # C's XML names C's own server: a restart there resumes the relocation.
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 prepare begin - < "$tmp/c7.xml" ||
     fail "a start on C's definition was refused"
-$NBDIO compare "nbd://$hc/disk1" "$tmp/guest7.img" || fail "the restarted server on C serves other data"
+$NBDIO compare "$(tls_uri $hc)" "$tmp/guest7.img" || fail "the restarted server on C serves other data"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm7 release end - < "$tmp/c7.xml" || fail "release end (C, again)"
 pass "B's stale copy is refused; C's definition restarts C's server over its files"
 
@@ -322,7 +330,7 @@ sed "s/@NAME@/vm9/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0009/" "$SAMPLES/on
 D9=$tmp/rootB/6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0009/vda
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf migrate_in vm9 "$tmp/vm9.xml" "$tmp/b9.xml" || fail "A -> B (vm9)"
 cp "$tmp/a.img" "$tmp/guest9.img"
-$NBDIO writes "nbd://$(host_of "$tmp/b9.xml")/disk1" "$tmp/guest9.img" 11 5 || fail "guest writes on B (vm9)"
+$NBDIO writes "$(tls_uri $(host_of "$tmp/b9.xml"))" "$tmp/guest9.img" 11 5 || fail "guest writes on B (vm9)"
 p9=$(nbdkit_pid "$D9")
 $PY - "$(host_of "$tmp/b9.xml")" "$tmp/stray.ready" <<'PYEOF' &
 import socket, sys, time
@@ -355,7 +363,7 @@ U8=6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0008
 DB8=$tmp/rootB/$U8/vda DC8=$tmp/rootC/$U8/vda
 cp "$tmp/a.img" "$tmp/guest8.img"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b8.conf migrate_in vm8 "$tmp/vm8.xml" "$tmp/b8.xml" || fail "A -> B (vm8)"
-$NBDIO writes "nbd://$(host_of "$tmp/b8.xml")/disk1" "$tmp/guest8.img" 9 20 || fail "guest writes on B (vm8)"
+$NBDIO writes "$(tls_uri $(host_of "$tmp/b8.xml"))" "$tmp/guest8.img" 9 20 || fail "guest writes on B (vm8)"
 [ "$("$RELOCATECTL" status --json "$DB8/control.sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = relocating ] ||
     fail "B's first relocation is not in progress"
 pb8=$(nbdkit_pid "$DB8")
@@ -367,11 +375,11 @@ NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf migrate_in vm8 "$tmp/c8.xml" "$tmp/b8b.xml
 qemu_exit vm8 "$tmp/rootC" migrated
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c.conf "$HOOK" vm8 release end - < "$tmp/c8.xml" || fail "release end (C, vm8)"
 running "$pb8" || fail "B's first server was stopped while C still read from it"
-grep -q "domain 'vm8' disk vda: relocating nbd://$(host_of "$tmp/c8.xml")/disk1 to $DB8/disk.img .*its server still serves the host the domain moved on to" "$tmp/rootB/hook.log" ||
+grep -q "domain 'vm8' disk vda: relocating nbds://$(host_of "$tmp/c8.xml")/disk1 to $DB8/disk.img .*its server still serves the host the domain moved on to" "$tmp/rootB/hook.log" ||
     fail "no log line for the server kept in the attic: $(grep vm8 "$tmp/rootB/hook.log" | tail -n 2)"
 hb8=$(host_of "$tmp/b8b.xml")
-$NBDIO compare "nbd://$hb8/disk1" "$tmp/guest8.img" || fail "B's new relocation serves other data than the guest wrote"
-$NBDIO writes "nbd://$hb8/disk1" "$tmp/guest8.img" 10 20 || fail "guest writes on B again (vm8)"
+$NBDIO compare "$(tls_uri $hb8)" "$tmp/guest8.img" || fail "B's new relocation serves other data than the guest wrote"
+$NBDIO writes "$(tls_uri $hb8)" "$tmp/guest8.img" 10 20 || fail "guest writes on B again (vm8)"
 "$RELOCATECTL" wait --timeout 60 "$DB8/control.sock" || fail "B's new relocation did not complete"
 wait_for bash -c "! kill -0 $pc8 2>/dev/null" || fail "C's server still runs after B completed"
 wait_for bash -c "! kill -0 $pb8 2>/dev/null" || fail "B's first server still runs after C's stopped"
@@ -379,6 +387,22 @@ qemu_exit vm8 "$tmp/rootB" destroyed
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b.conf "$HOOK" vm8 release end - < "$tmp/b8b.xml" || fail "release end (B, vm8, again)"
 cmp "$DB8/disk.img" "$tmp/guest8.img" || fail "A->B->C->B: the file on B differs"
 pass "A -> B -> C -> B with B's first copy incomplete: its server kept serving from the attic, byte-exact on B, every server stopped after"
+
+# ---- serve = tcp: TLS with client certificates, or insecure = yes ----
+# B's server (vm7's, vm9's above) refused clients without the cluster's
+# certificate; vm10 with insecure = yes: tls='no', a plain client
+# reads, and hook.log warns at the start.
+sed "s/@NAME@/vm10/; s/@PORT1@/$pa/; s/-2d7d1c1e0001/-2d7d1c1e0010/" "$SAMPLES/one-disk.xml" > "$tmp/vm10.xml"
+tconf "$tmp/b10.conf" "$tmp/rootB" localhost "$pr" "insecure = yes"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b10.conf migrate_in vm10 "$tmp/vm10.xml" "$tmp/b10.xml" || fail "A -> B (vm10, insecure)"
+grep -q "<source protocol=\"nbd\" name=\"disk1\" tls=\"no\">" "$tmp/b10.xml" ||
+    fail "insecure: the XML does not say tls='no': $(grep '<source' "$tmp/b10.xml")"
+grep -q "domain 'vm10' disk vda: WARNING: insecure = yes: its server has no TLS and no authentication: whoever reaches 127.0.0.1:[0-9]* reads and writes the guest's disk" "$tmp/rootB/hook.log" ||
+    fail "no warning for insecure = yes: $(grep vm10 "$tmp/rootB/hook.log")"
+$NBDIO compare "nbd://$(host_of "$tmp/b10.xml")/disk1" "$tmp/a.img" || fail "insecure: a plain client cannot read"
+NBDKIT_RELOCATE_HOOK_CONF=$tmp/b10.conf "$HOOK" vm10 release end - < "$tmp/b10.xml" || fail "release end (vm10)"
+grep -q "tls=\"yes\"" "$tmp/b7.xml" || fail "B's XML (TLS) does not say tls='yes'"
+pass "serve = tcp: tls='yes' and client certificates; insecure = yes: tls='no' and a warning"
 
 # Nothing of ours still runs.
 for f in "$tmp"/root*/*/vda/pids.json "$tmp"/root*/*/attic/*/pids.json; do

@@ -75,14 +75,19 @@ check_rewritten "$tmp/one.out" vda "$tmp/d1.img"
 pass "one NBD disk rewritten and served"
 
 # QEMU's user (qemu.conf: nobody:nogroup) may open the socket, and
-# nothing else: the directories are 0711 root, the control socket and
-# the image root's alone (libvirt's dynamic_ownership chowns images).
+# nothing else: the directories are root's, 0710 and QEMU's group's
+# (no other user even passes), the control socket and the image root's
+# alone (libvirt's dynamic_ownership chowns images).
 d1=$(dirname "$(ls "$tmp"/root/*/vda/nbd.sock)")
 [ "$(stat -c %U:%G:%a "$d1/nbd.sock")" = nobody:nogroup:660 ] ||
     fail "socket: $(stat -c %U:%G:%a "$d1/nbd.sock")"
 for d in "$tmp/root" "$(dirname "$d1")" "$d1"; do
-    [ "$(stat -c %U:%a "$d")" = root:711 ] || fail "$d: $(stat -c %U:%a "$d")"
+    [ "$(stat -c %U:%G:%a "$d")" = root:nogroup:710 ] || fail "$d: $(stat -c %U:%G:%a "$d")"
 done
+setpriv --reuid=65533 --regid=65533 --clear-groups test -x "$tmp" ||
+    fail "uid 65533 cannot pass through $tmp: the next check would prove nothing"
+! setpriv --reuid=65533 --regid=65533 --clear-groups test -x "$tmp/root" ||
+    fail "another user (uid 65533) passes through the state root"
 [ "$(stat -c %U:%a "$d1/disk.img")" = root:600 ] || fail "disk.img: $(stat -c %U:%a "$d1/disk.img")"
 # QEMU's user runs copies of the tools: the checkout may be mode 0700.
 mkdir -m 0755 "$tmp/pub"

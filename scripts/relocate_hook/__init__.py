@@ -6,7 +6,7 @@ only modules listed before it here (config is the bottom).
 
   config    hook.conf: the settings, their defaults, and why one is refused
   log       hook.log: one line per disk per event
-  qemuconf  QEMU's user and group, from libvirt's qemu.conf
+  qemuconf  QEMU's user and group, and NBD TLS, from libvirt's qemu.conf
   domxml    the domain XML: which disks to relocate, and their rewrite
   state     a relocation's files on disk: relocation.json, pids, ports
   server    the relocation server's process: start, watch, stop

@@ -30,7 +30,9 @@ DEFAULTS = {
     "qemu_group": "auto",        # auto: group = ... in qemu_conf, else kvm
     "serve": "tcp",              # tcp (serve_name:port, onward moves) or unix
     "serve_name": "auto",        # the host name put in the XML; auto = FQDN
-    "listen": "",                # nbdkit -i: an address; empty = all
+    "listen": "",                # nbdkit -i: an address; empty = serve_name's
+    "insecure": "no",            # yes: servers without TLS (tcp); no: TLS with client certificates
+    "tls_dir": "auto",           # certificates; auto: qemu.conf's NBD, else default, x509 dir
     "ports": "10810-10909",      # the relocation servers' TCP ports
     "onward_window": "3600",     # an onward server not told "complete" stops this long after its last client
     "onward_grace": "10",        # once told "complete", other clients keep it this long at most
@@ -120,6 +122,26 @@ class Config:
             return self["serve_name"].strip()
         return socket.getfqdn()
 
+    def listen_address(self):
+        """The address the relocation servers listen on: listen, else
+        the first address serve_name resolves to here (a ValueError
+        saying so if it resolves to none)."""
+        if self["listen"].strip():
+            return self["listen"].strip()
+        name = self.serve_name()
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise ValueError("listen is empty and serve_name %r does not "
+                             "resolve here (%s): set listen to the address "
+                             "to serve on" % (name, e)) from None
+        return infos[0][4][0]
+
+    def server_tls(self):
+        """Do the relocation servers require TLS (serve = tcp without
+        insecure = yes)?  (A unix socket is QEMU's user's alone.)"""
+        return self["serve"] == "tcp" and self["insecure"] != "yes"
+
     def local_names(self):
         """Host names and addresses that are this host."""
         if self["local_hosts"].strip() != "auto":
@@ -172,8 +194,12 @@ class Config:
         if not re.fullmatch(r"[a-z0-9+]+://\S*", self["libvirt_uri"]):
             return ("libvirt_uri = %s: a libvirt connection URI such as "
                     "qemu:///system" % self["libvirt_uri"])
-        if self["pause_on_error"] not in ("yes", "no"):
-            return "pause_on_error = %s: yes or no" % self["pause_on_error"]
+        for key in ("pause_on_error", "insecure"):
+            if self[key] not in ("yes", "no"):
+                return "%s = %s: yes or no" % (key, self[key])
+        if self["tls_dir"] != "auto" and not self["tls_dir"].startswith("/"):
+            return ("tls_dir = %s: auto, or the absolute path of a directory "
+                    "of certificates" % self["tls_dir"])
         return None
 
     def days(self, key):
@@ -237,7 +263,8 @@ class Config:
         if self["serve"] not in ("tcp", "unix"):
             return "serve = %s: tcp or unix" % self["serve"]
         if len(self["listen"].split()) > 1:
-            return "listen = %s: one address, or empty for all" % self["listen"]
+            return ("listen = %s: one address, or empty for serve_name's" %
+                    self["listen"])
         if self["serve"] != "tcp":
             return None
         if self.port_range() is None:
@@ -251,6 +278,10 @@ class Config:
         elif not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
             return ("serve_name = %s: a host name or address of this host "
                     "that the other hosts reach" % name)
+        try:
+            self.listen_address()
+        except ValueError as e:
+            return str(e)
         return None
 
     def _check_lists(self):

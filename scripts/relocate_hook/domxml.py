@@ -63,9 +63,16 @@ def _nbd_host(disk):
     return src, src.find("host")
 
 
-def nbd_source(disk, local_names):
-    """((hostname, port, export), None) for a remote NBD disk this host
-    can relocate, else (None, why not)."""
+def source_tls(src, tls_default):
+    """Does QEMU use TLS for this NBD <source>?  Its tls attribute says
+    so, else qemu.conf's nbd_tls (tls_default), as libvirt decides."""
+    return {"yes": True, "no": False}.get(src.get("tls"), tls_default)
+
+
+def nbd_source(disk, local_names, tls_default=False):
+    """((hostname, port, export, tls), None) for a remote NBD disk this
+    host can relocate (tls: its source uses TLS, see source_tls), else
+    (None, why not)."""
     if disk.get("type") != "network":
         return None, "not a network disk"
     src = disk.find("source")
@@ -85,13 +92,16 @@ def nbd_source(disk, local_names):
     hostname = host.get("name", "")
     if not hostname or hostname in local_names:
         return None, "source host %r is this host" % hostname
-    if src.find("auth") is not None or src.get("tls") == "yes":
-        return None, "auth/TLS sources are not handled"
-    return (hostname, host.get("port", NBD_PORT), src.get("name", "")), None
+    if src.find("auth") is not None:
+        return None, "a source with <auth> is not handled"
+    return (hostname, host.get("port", NBD_PORT), src.get("name", ""),
+            source_tls(src, tls_default)), None
 
 
 def point_at_server(disk, rel, pause=False, reconnect_delay=0):
-    """Rewrite the disk's <source> to name the relocation server.  pause:
+    """Rewrite the disk's <source> to name the relocation server, with
+    tls='yes' if it requires TLS, else tls='no' (whatever nbd_tls says
+    on this host).  pause:
     an I/O error pauses the guest (error_policy and rerror_policy
     'stop', unless the definition sets them); reconnect_delay > 0
     seconds: <reconnect delay='N'/> in <source> (whole seconds, at least
@@ -104,6 +114,7 @@ def point_at_server(disk, rel, pause=False, reconnect_delay=0):
                       port=str(rel["port"]))
     else:
         ET.SubElement(source, "host", transport="unix", socket=rel["socket"])
+    source.set("tls", "yes" if rel.get("tls") else "no")
     if reconnect_delay > 0 and source.find("reconnect") is None:
         ET.SubElement(source, "reconnect",
                       delay=str(max(1, round(reconnect_delay))))

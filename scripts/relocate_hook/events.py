@@ -44,12 +44,31 @@ def _checked(cfg):
         return None, str(e)
 
 
+def _tls_dir(cfg, disks):
+    """(directory of certificates, None) if the relocations of disks
+    have what TLS needs where they use it (their servers, unless
+    insecure = yes; a source that uses TLS), else (None, why not)."""
+    server = cfg.server_tls()
+    if not server and not any(src[3] for _, _, src in disks):
+        return None, None
+    path, where = qemuconf.tls_dir(cfg)
+    missing = qemuconf.tls_missing(path, server)
+    if not missing:
+        return path, None
+    return None, ("%s (%s) has no %s: %s" % (
+        path, where, ", ".join(missing),
+        "the relocation servers require TLS with client certificates "
+        "(libvirt's NBD certificates), or set insecure = yes" if server else
+        "the source uses TLS, and its certificate is verified"))
+
+
 def migrate_begin(cfg, name, xml_text):
     """The domain XML libvirt is to use here, with each disk to relocate
     pointing at its planned relocation server."""
     root = domxml.parse(xml_text)
     ddir = os.path.join(cfg["state_root"], domxml.domain_key(name, root))
     disks = []
+    nbd_tls = qemuconf.nbd_tls(cfg)
     for disk in root.iter("disk"):
         dev = domxml.target_dev(disk)
         if dev is None:
@@ -58,25 +77,29 @@ def migrate_begin(cfg, name, xml_text):
             continue
         if not cfg.wanted(name, dev):
             continue
-        src, why = domxml.nbd_source(disk, cfg.local_names())
+        src, why = domxml.nbd_source(disk, cfg.local_names(), nbd_tls)
         if src is None:
             log("domain %r disk %s: left alone (%s)" % (name, dev, why))
             continue
         disks.append((disk, dev, src))
     if not disks:
         return xml_text
-    _, refusal = _checked(cfg)
+    ident, refusal = _checked(cfg)
+    tls_dir = None
+    if refusal is None:
+        tls_dir, refusal = _tls_dir(cfg, disks)
     if refusal is not None:
         for _, dev, _ in disks:
             log("domain %r disk %s: not relocated: %s (%s)" %
                 (name, dev, refusal, cfg.path))
         return xml_text
-    state.make_dir(cfg["state_root"])
-    state.make_dir(ddir)
+    gid = ident[1]
+    state.make_dir(cfg["state_root"], gid)
+    state.make_dir(ddir, gid)
     planned = []
     for disk, dev, src in disks:
         old = attic.move_aside(cfg, ddir, dev)
-        rel = state.plan(cfg, name, ddir, dev, *src)
+        rel = state.plan(cfg, name, ddir, dev, src, gid, tls_dir)
         if rel is None:
             continue
         domxml.point_at_server(disk, rel, cfg["pause_on_error"] == "yes",
@@ -163,15 +186,23 @@ def _start(cfg, name, ddisk, rel, ident):
                       "point the disk there again with virsh edit, then "
                       "start it" % rel["source"])
     resumed = os.path.exists(rel["file"] + ".bitmap")
+    since = server.log_size(ddisk)
     if not server.start_server(cfg, ddisk, rel, ident,
                                server.filter_supports(
                                    cfg, "relocate-standby-timeout")):
+        errors = server.start_errors(ddisk, since)
         return ("its relocation server (from %s) did not serve within "
-                "start_timeout; see %s" %
-                (rel["source"], os.path.join(ddisk, "nbdkit.log")))
+                "start_timeout: %s (%s)" %
+                (rel["source"], errors or "no error",
+                 os.path.join(ddisk, "nbdkit.log")))
     log("domain %r disk %s: relocation server %s at %s" %
         (name, rel["target"], "resumed" if resumed else "started",
          state.served_at(rel)))
+    if rel["serve"] == "tcp" and not rel.get("tls"):
+        log("domain %r disk %s: WARNING: insecure = yes: its server has no "
+            "TLS and no authentication: whoever reaches %s:%s reads and "
+            "writes the guest's disk" % (name, rel["target"],
+                                         cfg.listen_address(), rel["port"]))
     return None
 
 

@@ -37,10 +37,7 @@ import time
 
 from . import config, state
 from .log import init as init_log, log
-from .server import ctl_status, server_clients
-
-# The line the keeper writes into nbdkit.log before each start.
-STARTING = "nbdkit-relocate-hook: starting nbdkit"
+from .server import STARTING, ctl_status, server_clients
 # How long after an exit nbdkit is started again.
 RESTART_DELAY = 0.3
 # For how long after a restart a guest paused by an I/O error is resumed.

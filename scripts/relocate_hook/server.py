@@ -20,6 +20,8 @@ from . import state
 # Where the package is: the keeper runs as python3 -m relocate_hook.keeper
 # from here.
 LIBDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The line the keeper writes into nbdkit.log before each start.
+STARTING = "nbdkit-relocate-hook: starting nbdkit"
 
 
 # ---- processes ----
@@ -193,6 +195,32 @@ def server_clients(rel):
     return max(0, socket_clients(rel.get("socket") or ""))
 
 
+def log_size(ddisk):
+    """nbdkit.log's size now (0 if there is none)."""
+    try:
+        return os.path.getsize(os.path.join(ddisk, "nbdkit.log"))
+    except OSError:
+        return 0
+
+
+def start_errors(ddisk, since):
+    """nbdkit's error lines after offset since of nbdkit.log (e.g. why
+    the source could not be reached), as one line."""
+    try:
+        with open(os.path.join(ddisk, "nbdkit.log"), "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    errors = []
+    for line in text.splitlines():
+        line = line.strip()
+        if "error:" in line and "no connection in this thread" not in line \
+                and line not in errors:
+            errors.append(line)
+    return "; ".join(errors[-3:])
+
+
 def filter_supports(cfg, param):
     """Does the installed filter take param?"""
     try:
@@ -213,16 +241,22 @@ def nbdkit_args(cfg, rel, standby_param):
     # In the foreground, under its keeper, which it never outlives.
     args = [cfg["nbdkit"], "-f", "--exit-with-parent", "--log=stderr"]
     if rel["serve"] == "tcp":
-        args += ["-p", str(rel["port"])]
-        if cfg["listen"]:
-            args += ["-i", cfg["listen"]]
+        args += ["-p", str(rel["port"]), "-i", cfg.listen_address()]
     else:
         args += ["-U", rel["socket"]]
+    if rel.get("tls"):
+        # Only clients with a certificate of the cluster's CA: QEMU here,
+        # the next host.
+        args += ["--tls=require", "--tls-certificates=" + rel["tls_dir"],
+                 "--tls-verify-peer"]
     args += ["-P", pidfile, "--filter=" + cfg["filter"], "nbd",
              "hostname=" + rel["hostname"],
              "port=" + str(rel.get("port_src", rel.get("port"))),
-             "export=" + rel["export"],
-             "relocate-file=" + rel["file"],
+             "export=" + rel["export"]]
+    if rel.get("tls_source"):
+        # Verifies the old host's certificate; never the clear.
+        args += ["tls=require", "tls-certificates=" + rel["tls_dir"]]
+    args += ["relocate-file=" + rel["file"],
              "relocate-control=" + rel["control"],
              "relocate-rate=" + cfg["rate"],
              "relocate-block-size=" + cfg["block_size"],
@@ -283,8 +317,8 @@ def _connects(cfg, rel):
     """Does the server accept a connection at its address?"""
     try:
         if rel["serve"] == "tcp":
-            s = socket.create_connection((cfg["listen"] or "127.0.0.1",
-                                          rel["port"]), timeout=2)
+            s = socket.create_connection((cfg.listen_address(), rel["port"]),
+                                         timeout=2)
         else:
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(2)

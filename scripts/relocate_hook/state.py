@@ -37,11 +37,15 @@ BITMAP_MAGIC = b"NBDKRELO"
 STARTED, COMPLETE = 1, 2
 
 
-def make_dir(path):
-    """Root-owned, 0711: QEMU's user may pass through to the socket but
-    not list anything (the way libvirt keeps its own image directory)."""
-    os.makedirs(path, mode=0o711, exist_ok=True)
-    os.chmod(path, 0o711)
+def make_dir(path, gid=None):
+    """A directory of the hook's, 0700; with gid (QEMU's group), 0710
+    and that group's: QEMU may pass through to the socket (serve =
+    unix) and to a complete image, and list nothing; no one else may
+    even pass."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if gid is not None:
+        os.chown(path, -1, gid)
+    os.chmod(path, 0o700 if gid is None else 0o710)
 
 
 def read_json(path):
@@ -109,7 +113,8 @@ def bitmap_flags(path):
 def served_at(rel):
     """The relocation server's address, as a log line shows it."""
     if rel["serve"] == "tcp":
-        return "nbd://%s:%s" % (rel["serve_name"], rel["port"])
+        return "nbd%s://%s:%s" % ("s" if rel.get("tls") else "",
+                                  rel["serve_name"], rel["port"])
     return rel["socket"]
 
 
@@ -216,24 +221,31 @@ def pick_port(cfg, bindable=_bindable):
     ports = [p for p in range(first, last + 1) if p not in taken]
     random.shuffle(ports)
     for p in ports:
-        if bindable(cfg["listen"], p):
+        if bindable(cfg.listen_address(), p):
             return p
     return None
 
 
-def plan(cfg, name, ddir, target, hostname, port, export):
-    """A fresh relocation of one disk, not started yet: its directory,
-    relocation.json, and the address its server will have.  Returns the
+def plan(cfg, name, ddir, target, src, gid=None, tls_dir=None):
+    """A fresh relocation of one disk from src (hostname, port, export,
+    whether it uses TLS), not started yet: its directory (make_dir's
+    gid), relocation.json, and the address its server will have, with
+    TLS (certificates in tls_dir) unless insecure = yes.  Returns the
     record, or None (logged)."""
+    hostname, port, export, tls_source = src
     ddisk = os.path.join(ddir, target)
-    make_dir(ddisk)
+    make_dir(ddisk, gid)
     rel = {"domain": name, "target": target,
-           "source": "nbd://%s:%s/%s" % (hostname, port, export),
+           "source": "nbd%s://%s:%s/%s" % ("s" if tls_source else "",
+                                           hostname, port, export),
            "hostname": hostname, "port_src": port, "export": export,
+           "tls_source": tls_source, "tls": cfg.server_tls(),
            "file": os.path.join(ddisk, "disk.img"),
            "control": os.path.join(ddisk, "control.sock"),
            "serve": cfg["serve"],
            "planned": now()}
+    if tls_source or rel["tls"]:
+        rel["tls_dir"] = tls_dir
     if cfg["serve"] == "tcp":
         with ports_lock(cfg):
             p = pick_port(cfg)

@@ -57,8 +57,21 @@ class TempDirTest(unittest.TestCase):
                 "qemu.conf", 'user = "nobody"\ngroup = "nogroup"\n')
         keys.setdefault("local_hosts", "this-host")
         keys.setdefault("serve_name", "this-host")
+        keys.setdefault("listen", "127.0.0.1")      # this-host resolves nowhere
+        keys.setdefault("tls_dir", self.pki())
         text = "[hook]\n" + "".join("%s = %s\n" % kv for kv in keys.items())
         return config.load(self.write("hook.conf", text))
+
+    def pki(self, *files):
+        """A directory of (empty) certificate files, by default every
+        one a relocation server and its clients need."""
+        path = os.path.join(self.tmp, "pki")
+        shutil.rmtree(path, True)
+        os.makedirs(path)
+        for f in files or ("ca-cert.pem", "server-cert.pem", "server-key.pem",
+                           "client-cert.pem", "client-key.pem"):
+            open(os.path.join(path, f), "w").close()
+        return path
 
     def hook_log(self):
         try:

@@ -30,7 +30,9 @@ GOOD = {
     "qemu_group": ["auto", "nogroup", "+0"],
     "serve": ["tcp", "unix"],
     "serve_name": ["host-b.example.org", "192.0.2.7", "relocate-hostb"],
-    "listen": ["", "127.0.0.1", "::1"],
+    "listen": ["127.0.0.1", "::1"],
+    "insecure": ["no", "yes"],
+    "tls_dir": ["auto", "/etc/pki/qemu"],
     "ports": ["10810-10909", "20000-20000", " 1 - 65535 "],
     "onward_grace": ["60", "0"],
     "onward_window": ["3600", "0", "0.5"],
@@ -66,6 +68,8 @@ BAD = {
     "serve": ["http", "TCP", ""],
     "serve_name": ["host b", "host/b"],
     "listen": ["127.0.0.1 ::1"],
+    "insecure": ["", "true", "No"],
+    "tls_dir": ["", "pki/qemu"],
     "ports": ["10810", "10909-10810", "0-10", "1-65536", "a-b"],
     "onward_grace": ["-1", "an hour"],
     "onward_window": ["-1", "a day", "inf"],
@@ -110,6 +114,28 @@ class EveryKey(hooktest.TempDirTest):
                     self.assertIsNotNone(why)
                     self.assertNotIn("\n", why)
                     self.assertTrue(why.startswith(key + " "), why)
+
+
+class Listen(hooktest.TempDirTest):
+    """listen_address: listen, else the address serve_name resolves to."""
+
+    def test_listen_given(self):
+        self.assertEqual(self.config(listen=" ::1 ").listen_address(), "::1")
+
+    def test_serve_name_address(self):
+        """listen empty: serve_name's address, not every address."""
+        cfg = self.config(listen="", serve_name="127.0.0.2")
+        self.assertIsNone(cfg.refusal())
+        self.assertEqual(cfg.listen_address(), "127.0.0.2")
+
+    def test_serve_name_unresolved(self):
+        """listen empty and serve_name resolving to nothing: refused,
+        naming both."""
+        why = self.config(listen="", serve_name="relocate-nowhere.invalid").refusal()
+        self.assertTrue(why.startswith("listen is empty and serve_name "
+                                       "'relocate-nowhere.invalid' does not "
+                                       "resolve here"), why)
+        self.assertNotIn("\n", why)
 
 
 class Reading(hooktest.TempDirTest):

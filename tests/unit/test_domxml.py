@@ -7,7 +7,8 @@ from hooktest import disk_of, domain, file_disk, nbd_disk
 from relocate_hook import domxml
 
 LOCAL = {"this-host", "127.0.0.1"}
-TCP_REL = {"serve": "tcp", "serve_name": "this-host", "port": 10815}
+TCP_REL = {"serve": "tcp", "serve_name": "this-host", "port": 10815,
+           "tls": True}
 UNIX_REL = {"serve": "unix", "socket": "/var/lib/nbdkit-relocate/u/vda/nbd.sock"}
 
 
@@ -24,10 +25,10 @@ class Source(unittest.TestCase):
     def test_nbd_over_tcp(self):
         """A remote NBD disk: its host, port (10809 by default), export."""
         self.assertEqual(self.source(nbd_disk()),
-                         (("old-host", "10809", "disk1"), None))
+                         (("old-host", "10809", "disk1", False), None))
         self.assertEqual(self.source(nbd_disk(host="192.0.2.1", port=10900,
                                               export="")),
-                         (("192.0.2.1", "10900", ""), None))
+                         (("192.0.2.1", "10900", "", False), None))
 
     def test_nbd_over_unix(self):
         """A unix socket is this host's: it cannot be relocated from."""
@@ -36,18 +37,26 @@ class Source(unittest.TestCase):
         why = self.source(disk)[1]
         self.assertTrue(why.startswith("transport unix: a local socket"), why)
 
-    def test_tls_and_auth(self):
-        """TLS and authenticated sources are not handled (yet): left alone."""
-        tls = nbd_disk().replace("<source protocol='nbd'",
-                                 "<source protocol='nbd' tls='yes'")
-        self.assertLeftAlone(tls, "auth/TLS sources are not handled")
+    def test_tls(self):
+        """TLS as libvirt decides it: the tls attribute, else qemu.conf's
+        nbd_tls (tls_default)."""
+        def with_tls(value):
+            return nbd_disk().replace("<source protocol='nbd'",
+                                      "<source protocol='nbd' tls='%s'" % value)
+        for disk_xml, default, tls in ((with_tls("yes"), False, True),
+                                       (with_tls("no"), True, False),
+                                       (nbd_disk(), True, True),
+                                       (nbd_disk(), False, False)):
+            with self.subTest(xml=disk_xml, nbd_tls=default):
+                src, why = domxml.nbd_source(disk_of(domain(disk_xml)),
+                                             LOCAL, default)
+                self.assertEqual(src, ("old-host", "10809", "disk1", tls))
+
+    def test_auth(self):
+        """An authenticated source is not handled: left alone."""
         auth = nbd_disk(inner="<auth username='u'><secret type='iscsi' "
                         "usage='x'/></auth>")
-        self.assertLeftAlone(auth, "auth/TLS sources are not handled")
-        # tls='no' is plain NBD.
-        plain = nbd_disk().replace("<source protocol='nbd'",
-                                   "<source protocol='nbd' tls='no'")
-        self.assertIsNotNone(self.source(plain)[0])
+        self.assertLeftAlone(auth, "a source with <auth> is not handled")
 
     def test_several_hosts(self):
         """NBD takes one host: a source naming several is left alone."""
@@ -82,6 +91,7 @@ class Rewrite(unittest.TestCase):
         self.assertEqual([h.attrib for h in src.findall("host")],
                          [{"name": "this-host", "port": "10815"}])
         self.assertEqual(src.get("name"), "disk1")
+        self.assertEqual(src.get("tls"), "yes")
         self.assertIsNotNone(src.find("reconnect"))
         self.assertEqual(d.find("driver").attrib, {"name": "qemu", "type": "raw"})
         self.assertTrue(domxml.names_server(d, TCP_REL))
@@ -114,6 +124,17 @@ class Rewrite(unittest.TestCase):
         self.assertEqual(d.find("driver").get("error_policy"), "report")
         self.assertEqual(d.find("driver").get("rerror_policy"), "stop")
         self.assertIsNone(d.find("source/reconnect"))
+
+    def test_plain(self):
+        """A server without TLS (insecure, or a unix socket): tls='no',
+        whatever the source said or nbd_tls says here."""
+        tls_src = nbd_disk().replace("<source protocol='nbd'",
+                                     "<source protocol='nbd' tls='yes'")
+        for rel in (dict(TCP_REL, tls=False), UNIX_REL):
+            for disk_xml in (nbd_disk(), tls_src):
+                d = disk_of(domain(disk_xml))
+                domxml.point_at_server(d, rel)
+                self.assertEqual(d.find("source").get("tls"), "no")
 
     def test_unix(self):
         d = disk_of(domain(nbd_disk()))

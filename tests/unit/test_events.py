@@ -64,6 +64,9 @@ class MigrateBegin(EventTest):
         hosts = disk_of(out, "vda").findall("source/host")
         self.assertEqual([h.attrib for h in hosts],
                          [{"name": "this-host", "port": str(rel["port"])}])
+        self.assertEqual(disk_of(out, "vda").find("source").get("tls"), "yes")
+        self.assertEqual((rel["tls"], rel["tls_source"], rel["tls_dir"]),
+                         (True, False, self.cfg["tls_dir"]))
         self.assertEqual(domxml.tostring(disk_of(out, "vdc")),
                          domxml.tostring(disk_of(xml_text, "vdc")))
         self.assertEqual(rel["source"], "nbd://old-host:10809/disk1")
@@ -77,31 +80,28 @@ class MigrateBegin(EventTest):
         self.assertEqual(
             self.log_line("relocating"),
             "domain 'vm1' disk vda: relocating nbd://old-host:10809/disk1 to "
-            "%s/disk.img (served at nbd://this-host:%d, control "
+            "%s/disk.img (served at nbds://this-host:%d, control "
             "%s/control.sock; starts with the domain)" %
             (self.ddisk, rel["port"], self.ddisk))
         self.assertEqual(self.log_line("vdc"), "domain 'vm1' disk vdc: left "
                          "alone (not a network disk)")
 
     def test_left_alone(self):
-        """Unix socket, TLS, auth, this host: XML unchanged, reasons logged."""
+        """Unix socket, auth, this host: XML unchanged, reasons logged."""
         unix = nbd_disk("vda").replace(
             "<host name='old-host'/>",
             "<host transport='unix' socket='/run/a.sock'/>")
-        tls = nbd_disk("vdb").replace("<source protocol='nbd'",
-                                      "<source protocol='nbd' tls='yes'")
         auth = nbd_disk("vdc", inner="<auth username='u'><secret "
                         "type='iscsi' usage='x'/></auth>")
         local = nbd_disk("vdd", host="this-host")
-        xml_text = domain(unix, tls, auth, local)
+        xml_text = domain(unix, auth, local)
         self.assertEqual(self.begin(xml_text), xml_text)
         self.assertTrue(self.log_line("disk vda:").startswith(
             "domain 'vm1' disk vda: left alone (transport unix: a local "
             "socket"))
-        for dev in ("vdb", "vdc"):
-            self.assertEqual(self.log_line("disk %s:" % dev),
-                             "domain 'vm1' disk %s: left alone (auth/TLS "
-                             "sources are not handled)" % dev)
+        self.assertEqual(self.log_line("disk vdc:"),
+                         "domain 'vm1' disk vdc: left alone (a source with "
+                         "<auth> is not handled)")
         self.assertEqual(self.log_line("disk vdd:"), "domain 'vm1' disk vdd: "
                          "left alone (source host 'this-host' is this host)")
         self.assertFalse(os.path.exists(self.ddir))
@@ -121,6 +121,60 @@ class MigrateBegin(EventTest):
                     "domain 'vm1' disk vda: not relocated: " + why), line)
                 self.assertTrue(line.endswith("(%s)" % cfg.path), line)
                 self.assertFalse(os.path.exists(self.ddir))
+
+    def test_tls_source(self):
+        """A source with TLS (tls='yes', or nbd_tls = 1 in qemu.conf and
+        no tls attribute) is relocated over TLS; tls='no' is plain."""
+        tls = nbd_disk("vda").replace("<source protocol='nbd'",
+                                      "<source protocol='nbd' tls='yes'")
+        plain = nbd_disk("vda").replace("<source protocol='nbd'",
+                                        "<source protocol='nbd' tls='no'")
+        conf = self.write("qemu-tls.conf", 'user = "nobody"\n'
+                          'group = "nogroup"\nnbd_tls = 1\n')
+        for disk_xml, keys, tls_source in (
+                (tls, {}, True), (nbd_disk("vda"), {"qemu_conf": conf}, True),
+                (plain, {"qemu_conf": conf}, False),
+                (nbd_disk("vda"), {}, False)):
+            with self.subTest(xml=disk_xml, **keys):
+                out = self.begin(domain(disk_xml), self.configure(**keys))
+                rel = self.relocation()
+                self.assertEqual(rel["tls_source"], tls_source)
+                self.assertEqual(rel["source"].startswith("nbds://"),
+                                 tls_source)
+                self.assertEqual(disk_of(out).find("source").get("tls"), "yes")
+
+    def test_tls_files_missing(self):
+        """TLS without its certificates: nothing relocated, one line
+        naming the directory and the files; a source with TLS needs a
+        client's even with insecure = yes."""
+        tls = nbd_disk("vda").replace("<source protocol='nbd'",
+                                      "<source protocol='nbd' tls='yes'")
+        cases = [({}, nbd_disk("vda"), ("ca-cert.pem", "client-key.pem",
+                                        "server-cert.pem"),
+                  "or set insecure = yes"),
+                 ({"insecure": "yes"}, tls, ("ca-cert.pem", "client-key.pem"),
+                  "the source uses TLS, and its certificate is verified")]
+        for keys, disk_xml, missing, why in cases:
+            with self.subTest(**keys):
+                cfg = self.configure(**keys)
+                pki = self.pki("server-key.pem", "client-cert.pem")
+                xml_text = domain(disk_xml)
+                self.assertEqual(self.begin(xml_text, cfg), xml_text)
+                line = self.log_line("not relocated")
+                self.assertTrue(line.startswith(
+                    "domain 'vm1' disk vda: not relocated: %s (tls_dir) has "
+                    "no %s: " % (pki, ", ".join(missing))), line)
+                self.assertIn(why, line)
+                self.assertFalse(os.path.exists(self.ddir))
+                os.unlink(os.path.join(self.tmp, "hook.log"))
+
+    def test_insecure(self):
+        """insecure = yes: a plain server, tls='no' in the XML, and no
+        certificate needed for a plain source."""
+        cfg = self.configure(insecure="yes", tls_dir=self.tmp + "/none")
+        out = self.begin(domain(nbd_disk("vda")), cfg)
+        self.assertEqual(disk_of(out).find("source").get("tls"), "no")
+        self.assertFalse(self.relocation()["tls"])
 
     def test_refused_qemu_user(self):
         """qemu_user naming no user: refused, naming the key qemu_user."""
@@ -210,7 +264,7 @@ class Prepare(EventTest):
         state.make_dir(ddir2)
         with mock.patch("relocate_hook.state.pick_port",
                         return_value=self.rel["port"]):
-            state.plan(self.cfg, "vm2", ddir2, "vdb", "h", "10809", "e")
+            state.plan(self.cfg, "vm2", ddir2, "vdb", ("h", "10809", "e", False))
         return self.prepare(domain(nbd_disk("vda", host="this-host",
                                             port=self.rel["port"])))
 

@@ -34,8 +34,8 @@ class KeeperTest(hooktest.TempDirTest):
         self.cfg = self.config(serve="unix", stop_grace="0.5",
                                onward_window="0.5", restarts="0")
         ddir = os.path.join(self.cfg["state_root"], UUID)
-        self.rel = state.plan(self.cfg, "vm1", ddir, "vda", "old-host",
-                              "10809", "disk1")
+        self.rel = state.plan(self.cfg, "vm1", ddir, "vda",
+                              ("old-host", "10809", "disk1", False))
         self.ddisk = os.path.join(ddir, "vda")
 
     def keeper(self, code, *args, standby=0, argv=None):

@@ -33,6 +33,7 @@ class CommandLine(hooktest.TempDirTest):
         pid file beside the image, the filter's params."""
         self.assertEqual(self.args(), [
             "nbdkit", "-f", "--exit-with-parent", "--log=stderr", "-p", "10815",
+            "-i", "127.0.0.1",
             "-P", self.ddisk + "/nbdkit.pid", "--filter=relocate", "nbd",
             "hostname=old-host", "port=10809", "export=disk1",
             "relocate-file=" + self.ddisk + "/disk.img",
@@ -41,10 +42,34 @@ class CommandLine(hooktest.TempDirTest):
             "relocate-start=on-write"])
 
     def test_listen(self):
-        """listen = ADDR: -i ADDR right after the port."""
-        args = self.args(listen="127.0.0.1")
-        self.assertEqual(args[4:8], ["-p", "10815", "-i", "127.0.0.1"])
+        """listen = ADDR: -i ADDR right after the port; listen empty: the
+        address serve_name names (never every address)."""
+        args = self.args(listen="::1")
+        self.assertEqual(args[4:8], ["-p", "10815", "-i", "::1"])
         self.assertEqual(args.count("-i"), 1)
+        args = self.args(listen="", serve_name="127.0.0.3")
+        self.assertEqual(args[4:8], ["-p", "10815", "-i", "127.0.0.3"])
+
+    def test_tls(self):
+        """TLS: the server requires it with client certificates (nbdkit's
+        options, before the plugin); the nbd plugin requires it of the
+        source and verifies it (the plugin's parameters)."""
+        self.rel.update(tls=True, tls_source=True, tls_dir="/etc/pki/qemu")
+        args = self.args()
+        plugin = args.index("nbd")
+        self.assertEqual(args[8:11], ["--tls=require",
+                                      "--tls-certificates=/etc/pki/qemu",
+                                      "--tls-verify-peer"])
+        self.assertEqual(args[plugin + 4:plugin + 6],
+                         ["tls=require", "tls-certificates=/etc/pki/qemu"])
+        self.rel.update(tls=False)
+        args = self.args()
+        self.assertFalse([a for a in args if a.startswith("--tls")])
+        self.assertIn("tls=require", args)
+        self.rel.update(tls=True, tls_source=False)
+        args = self.args()
+        self.assertIn("--tls=require", args)
+        self.assertFalse([a for a in args if a.startswith("tls")])
 
     def test_unix(self):
         """unix: -U SOCKET instead of a port, even with listen set."""

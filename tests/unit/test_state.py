@@ -18,17 +18,21 @@ class Files(hooktest.TempDirTest):
     """Directories, JSON files, markers and pids."""
 
     def test_make_dir(self):
-        """make_dir: missing parents made, mode 0711 whatever the umask."""
+        """make_dir: missing parents made; 0700, or with QEMU's group
+        0710 and that group's, whatever the umask and the mode before."""
         path = os.path.join(self.tmp, "root", UUID, "vda")
-        old = os.umask(0o077)
+        old = os.umask(0o022)
         try:
             state.make_dir(path)
         finally:
             os.umask(old)
-        self.assertEqual(mode(path), 0o711)
+        self.assertEqual(mode(path), 0o700)
         os.chmod(path, 0o755)
+        state.make_dir(path, os.getgid())
+        self.assertEqual(mode(path), 0o710)
+        self.assertEqual(os.stat(path).st_gid, os.getgid())
         state.make_dir(path)
-        self.assertEqual(mode(path), 0o711)
+        self.assertEqual(mode(path), 0o700)
 
     def test_json_round_trip(self):
         """write_json then read_json gives the object back; no .tmp is left."""
@@ -188,7 +192,7 @@ class Relocations(hooktest.TempDirTest):
         ddir = os.path.join(self.root, UUID)
         for i in range(150):
             rel = state.plan(cfg, "vm%d" % i, ddir + "-%d" % i, "vda",
-                             "old-host", "10809", "disk1")
+                             ("old-host", "10809", "disk1", False))
             self.assertIsNotNone(rel, "relocation %d refused" % i)
             with open(rel["file"] + ".bitmap", "wb") as f:
                 f.write(bitmap_header(state.STARTED | state.COMPLETE))
@@ -237,22 +241,24 @@ class Plan(hooktest.TempDirTest):
         self.ddir = os.path.join(self.root, UUID)
         state.make_dir(self.root)
 
-    def plan(self, **keys):
+    def plan(self, tls_source=False, **keys):
         return state.plan(self.config(**keys), "vm1", self.ddir, "vda",
-                          "old-host", "10809", "disk1")
+                          ("old-host", "10809", "disk1", tls_source),
+                          os.getgid(), "/etc/pki/qemu")
 
     def expected(self, **more):
         ddisk = os.path.join(self.ddir, "vda")
         rel = {"domain": "vm1", "target": "vda",
                "source": "nbd://old-host:10809/disk1",
                "hostname": "old-host", "port_src": "10809", "export": "disk1",
+               "tls_source": False, "tls": False,
                "file": ddisk + "/disk.img", "control": ddisk + "/control.sock"}
         rel.update(more)
         return rel
 
     def assertPlanned(self, rel, expected):
         """rel is expected (and a time it was planned), and is what
-        relocation.json holds, in a 0711 directory."""
+        relocation.json holds, in a 0710 directory of the group given."""
         ddisk = os.path.join(self.ddir, "vda")
         self.assertRegex(rel.pop("planned"),
                          r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
@@ -260,15 +266,34 @@ class Plan(hooktest.TempDirTest):
         saved = state.read_json(os.path.join(ddisk, "relocation.json"))
         saved.pop("planned")
         self.assertEqual(saved, expected)
-        self.assertEqual(mode(ddisk), 0o711)
+        self.assertEqual(mode(ddisk), 0o710)
+        self.assertEqual(os.stat(ddisk).st_gid, os.getgid())
 
     def test_tcp(self):
-        """tcp: serve_name and a free port of the range."""
+        """tcp: serve_name and a free port of the range; TLS, with the
+        certificates' directory."""
         rel = self.plan(serve="tcp", serve_name="host-b.example.org",
                         listen="127.0.0.1", ports="20000-20009")
         self.assertIn(rel.get("port"), range(20000, 20010))
         self.assertPlanned(rel, self.expected(
-            serve="tcp", serve_name="host-b.example.org", port=rel["port"]))
+            serve="tcp", serve_name="host-b.example.org", port=rel["port"],
+            tls=True, tls_dir="/etc/pki/qemu"))
+
+    def test_tcp_insecure(self):
+        """insecure = yes: no TLS, and no directory of certificates."""
+        rel = self.plan(serve="tcp", insecure="yes", listen="127.0.0.1",
+                        ports="20000-20009")
+        self.assertPlanned(rel, self.expected(
+            serve="tcp", serve_name="this-host", port=rel["port"]))
+
+    def test_tls_source(self):
+        """A source that uses TLS: nbds:// in the record, and the
+        directory of certificates even with insecure = yes."""
+        rel = self.plan(tls_source=True, serve="unix")
+        self.assertPlanned(rel, self.expected(
+            serve="unix", socket=os.path.join(self.ddir, "vda", "nbd.sock"),
+            source="nbds://old-host:10809/disk1", tls_source=True,
+            tls_dir="/etc/pki/qemu"))
 
     def test_unix(self):
         """unix: the socket beside the image, no port."""
