@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# A real live migration between two real libvirtd's on this machine,
+# Real live migrations between three real libvirtd's on this machine,
 # with the hook from this tree and Debian's default QEMU user
 # (libvirt-qemu:kvm).  Each daemon runs in a mount namespace of its own
 # (unshare -m --propagation private) with private bind mounts over /run,
 # /etc/libvirt (the hook installed in hooks/qemu.d), /var/lib/libvirt,
 # /var/cache/libvirt, /var/log/libvirt and /etc/hosts ("relocate-oldhost"
 # is 127.0.0.1, the old host's NBD export: a plain nbdkit file;
-# "relocate-hosta" and "relocate-hostb" are 127.0.0.1 too, the names
-# under which each host serves its relocations: serve = tcp, the
-# default, with ports of its own); the hook's configuration and state
-# root are private directories too.  Nothing is installed or changed
-# in the machine's own /etc/libvirt.
+# "relocate-hosta", "relocate-hostb" and "relocate-hostc" are
+# 127.0.0.1 too, the names under which each host serves its
+# relocations: serve = tcp, the default, with ports of its own); the
+# hook's configuration and state root are private directories too.
+# Nothing is installed or changed in the machine's own /etc/libvirt.
+# Every host has the cluster's certificates (made here with certtool)
+# as its default_tls_x509_cert_dir, and nbd_tls = 1: the relocation
+# servers require TLS and client certificates (the hook's default),
+# and the disks of sections 1-5 say tls='no' for the plain old host.
 #
 # No guest OS: TCG, and a disk with nothing bootable, so the guest sits
 # in the firmware; its I/O is HMP qemu-io on the virtio drive.
@@ -33,7 +37,14 @@
 #     image was not written after the guest left it;
 #  3. the persistent definition B kept names the old host: starting it
 #     is refused with a message that says what to do;
-#  4. an offline migration (--offline --persistent) starts nothing.
+#  4. an offline migration (--offline --persistent) starts nothing;
+#  6. TLS: a domain whose old host requires TLS and client certificates
+#     moves A -> B -> C with virsh migrate --live --tls; each host
+#     relocates over TLS from the one before, byte-exact on C; B's
+#     server and the old host refuse a plain client, one without a
+#     certificate and one of another CA; uid 65534 reads the disk
+#     neither through B's server nor through its files;
+#  5. (last) a guest OS through B's server, killed -9 twice.
 #
 # Skipped (exit 77) when libvirt/QEMU are not installed, when not root,
 # or when mount namespaces cannot be made.
@@ -149,7 +160,20 @@ mkdir -p "$tmp/bin"
   fi; } > "$tmp/bin/nbdkit"
 chmod 0755 "$tmp/bin/nbdkit"
 
-# ---- two hosts ----
+# ---- the cluster's certificates (libvirt's /etc/pki/qemu) ----
+# One CA; QEMU (libvirt-qemu:kvm) reads the keys, no other user does.
+# Another CA's client certificate, and a client with none, for the
+# refusals.
+make_ca "$tmp/ca" "relocate test CA"
+make_certs "$tmp/ca" "$tmp/pki"
+chgrp -R kvm "$tmp/pki" && chmod 0750 "$tmp/pki" && chmod 0640 "$tmp/pki"/*-key.pem
+make_ca "$tmp/ca2" "another CA"
+make_certs "$tmp/ca2" "$tmp/pki2"
+mkdir "$tmp/nocert" "$tmp/foreign"
+cp "$tmp/pki/ca-cert.pem" "$tmp/nocert/"
+cp "$tmp/pki/ca-cert.pem" "$tmp/pki2"/client-*.pem "$tmp/foreign/"
+
+# ---- three hosts ----
 uri_of () { echo "qemu+tcp://127.0.0.1:$(cat "$tmp/$1/port")/system"; }
 STANDBY=6
 
@@ -208,10 +232,12 @@ EOF
 security_driver = "none"
 stdio_handler = "file"
 cgroup_controllers = [ ]
+default_tls_x509_cert_dir = "$tmp/pki"
+nbd_tls = 1
 migration_port_min = $mig
 migration_port_max = $((mig + 3))
 EOF
-    { cat /etc/hosts; echo "127.0.0.1 relocate-oldhost relocate-hosta relocate-hostb"; } > "$h/hosts"
+    { cat /etc/hosts; echo "127.0.0.1 relocate-oldhost relocate-hosta relocate-hostb relocate-hostc"; } > "$h/hosts"
     unshare -m --propagation private sh -c '
         h=$1
         mount --bind "$h/run" /run &&
@@ -241,20 +267,27 @@ wait_daemon ()  # NAME
 }
 setup_host A 9a0c0a0a-0000-4000-8000-00000000000a
 setup_host B 9a0c0b0b-0000-4000-8000-00000000000b
+setup_host C 9a0c0c0c-0000-4000-8000-00000000000c
 wait_daemon A
 wait_daemon B
-UA=$(uri_of A) UB=$(uri_of B)
-pass "two libvirtd's: $UA and $UB ($(elapsed))"
+wait_daemon C
+UA=$(uri_of A) UB=$(uri_of B) UC=$(uri_of C)
+pass "three libvirtd's: $UA, $UB and $UC ($(elapsed))"
 
 vA () { timeout 120 virsh -c "$UA" "$@"; }
 vB () { timeout 120 virsh -c "$UB" "$@"; }
 LOGB=$tmp/B/state/hook.log LOGA=$tmp/A/state/hook.log
 DB=$tmp/B/state/$UUID/vda DA=$tmp/A/state/$UUID/vda
+status_of_ctl () { "$RELOCATECTL" status --json "$1" | $PY -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"; }
 pid_in () { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$1/pids.json"; }
 
 # ---- the domain on A, its disk the old host's export ----
-domain_xml ()   # NAME UUID
+# domain_xml NAME UUID [PORT TLS]: its disk the old host's export on
+# PORT ($psrc), tls='no' unless TLS is given ('': qemu.conf's nbd_tls,
+# which is 1 on every host here).
+domain_xml ()
 {
+    local port=${3:-$psrc} tls=${4-" tls='no'"}
     cat <<EOF
 <domain type='qemu'>
   <name>$1</name>
@@ -266,8 +299,8 @@ domain_xml ()   # NAME UUID
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <disk type='network' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
-      <source protocol='nbd'>
-        <host name='relocate-oldhost' port='$psrc'/>
+      <source protocol='nbd'$tls>
+        <host name='relocate-oldhost' port='$port'/>
       </source>
       <target dev='vda' bus='virtio'/>
     </disk>
@@ -390,7 +423,7 @@ guest_writes ()
         read -r p o c <<<"$w"
         hmp "$h" "write -P $p $o $c"
     done
-    $PY - "$tmp/expected.img" "$@" <<'EOF'
+    $PY - "${EXPECTED:-$tmp/expected.img}" "$@" <<'EOF'
 import sys
 def n(s):
     m = {"k": 1024, "M": 1024 * 1024}
@@ -410,9 +443,9 @@ pass "guest reads at B what it wrote at A; writes at B; the relocation completed
 
 # ---- 2b. onward: B -> A, then A -> B again ----
 # migrate FROM TO: a live migration between the two daemons.
-migrate ()
+migrate ()      # FROM TO [OPTIONS...]
 {
-    timeout 120 virsh -c "$(uri_of "$1")" migrate --live "$DOM" "$(uri_of "$2")" \
+    timeout 120 virsh -c "$(uri_of "$1")" migrate --live "${@:3}" "$DOM" "$(uri_of "$2")" \
         --listen-address 127.0.0.1 --migrateuri "tcp://127.0.0.1:$(cat "$tmp/$2/migport")" \
         > "$tmp/mig-$1$2.out" 2>&1 ||
         fail "migration $1 -> $2: $(cat "$tmp/mig-$1$2.out"; tail -n 20 "$tmp/$2/log/qemu/$DOM.log" 2>/dev/null)"
@@ -430,7 +463,7 @@ migrate B A
 PA=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$DA/relocation.json")
 vA dumpxml "$DOM" | grep -q "<host name=.relocate-hosta. port=.$PA./>" ||
     fail "QEMU on A does not use A's relocation server: $(vA dumpxml "$DOM" | grep -A4 '<disk')"
-grep -q "domain '$DOM' disk vda: relocating nbd://relocate-hostb:$PB/ to $DA/disk.img" "$LOGA" ||
+grep -q "domain '$DOM' disk vda: relocating nbds://relocate-hostb:$PB/ to $DA/disk.img" "$LOGA" ||
     fail "A does not relocate from B's server: $(cat "$LOGA" 2>/dev/null)"
 grep -q "domain '$DOM' disk vda: the domain left this host and [0-9]* client(s) still read from its server" "$LOGB" ||
     fail "B did not hand its server over: $(tail -n 3 "$LOGB")"
@@ -449,7 +482,7 @@ pa1=$(pid_in "$DA")
 migrate A B
 [ "$(ls -d "$tmp/B/state/$UUID/attic/"*-vda* | wc -l)" -ge 3 ] ||
     fail "B's earlier stay was not moved aside: $(ls "$tmp/B/state/$UUID/attic/")"
-grep -q "domain '$DOM' disk vda: relocating nbd://relocate-hosta:$PA/ to $DB/disk.img" "$LOGB" ||
+grep -q "domain '$DOM' disk vda: relocating nbds://relocate-hosta:$PA/ to $DB/disk.img" "$LOGB" ||
     fail "B does not relocate from A's server: $(tail -n 3 "$LOGB")"
 hmp B "read -P 0x61 3M 64k"
 hmp B "read -P 0x63 1M 4k"
@@ -504,6 +537,87 @@ D2=$tmp/B/state/$UUID2/vda
 vB undefine "$OFF" >/dev/null || fail "undefine $OFF on B"
 vA undefine "$OFF" >/dev/null 2>&1 || :
 pass "offline migration: the hook started nothing"
+
+# ---- 6. TLS: A -> B -> C with --tls, from an old host that requires it ----
+# The old host's export requires TLS and a client certificate; the
+# domain's disk has no tls attribute (qemu.conf's nbd_tls = 1 says
+# TLS).  Each host relocates over TLS from the one before, and serves
+# its QEMU and the next host only with the cluster's certificates.
+TDOM=relocate-tls TUUID=3d1e5a90-0c7b-4f4e-8d0a-7e1a0c5f1206
+TB=$tmp/B/state/$TUUID/vda TC=$tmp/C/state/$TUUID/vda
+random_image "$tmp/tsrc.img" 16
+dd if=/dev/zero of="$tmp/tsrc.img" bs=512 count=1 conv=notrunc status=none
+ptls=$(free_port)
+nbdkit -f -i 127.0.0.1 -p "$ptls" -P "$tmp/tsrc.pid" --tls=require \
+    --tls-certificates="$tmp/pki" --tls-verify-peer file "$tmp/tsrc.img" \
+    2>>"$tmp/tsrc.log" </dev/null &
+disown
+servers+=(tsrc)
+tls_uri () { echo "nbds://localhost:$1/?tls-certificates=$2"; }
+wait_for nbdinfo --can connect "nbds://localhost:$ptls/?tls-certificates=$tmp/pki" ||
+    fail "the TLS old host does not serve"
+domain_xml "$TDOM" "$TUUID" "$ptls" "" > "$tmp/tls.xml"
+vA create "$tmp/tls.xml" >/dev/null || fail "virsh create $TDOM on A: $(tail -n 20 "$tmp/A/log/qemu/$TDOM.log" 2>/dev/null)"
+DOM=$TDOM hmp A "write -P 0x41 3M 64k"
+cp "$tmp/tsrc.img" "$tmp/texpected.img"
+export EXPECTED=$tmp/texpected.img
+DOM=$TDOM migrate A B --tls
+grep -q "domain '$TDOM' disk vda: relocating nbds://relocate-oldhost:$ptls/ to $TB/disk.img" "$LOGB" ||
+    fail "B does not relocate from the old host over TLS: $(grep "$TDOM" "$LOGB")"
+PBT=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$TB/relocation.json")
+vB dumpxml "$TDOM" | grep -q "<source protocol=.nbd. tls=.yes.[ >]" ||
+    fail "B's XML does not say tls='yes': $(vB dumpxml "$TDOM" | grep -A3 '<source')"
+DOM=$TDOM hmp B "read -P 0x41 3M 64k"
+DOM=$TDOM guest_writes B "0x42 1M 64k" "0x43 6M 4k"
+pass "A -> B with --tls from an old host that requires TLS (nbd_tls = 1): B relocates over TLS, its QEMU connects with TLS ($(elapsed))"
+
+# Who may connect: B's server and the old host alike.
+for port in "$PBT" "$ptls"; do
+    nbdinfo --can connect "$(tls_uri "$port" "$tmp/pki")" ||
+        fail "port $port refuses the cluster's certificate (the checks below would prove nothing)"
+    ! nbdinfo --can connect "nbd://localhost:$port/" 2>/dev/null ||
+        fail "port $port serves a plain client"
+    ! nbdinfo --can connect "$(tls_uri "$port" "$tmp/nocert")" 2>/dev/null ||
+        fail "port $port serves a client without a certificate"
+    ! nbdinfo --can connect "$(tls_uri "$port" "$tmp/foreign")" 2>/dev/null ||
+        fail "port $port serves a client whose certificate another CA signed"
+done
+case $(status_of_ctl "$TB/control.sock" state) in
+    relocating|complete) ;;
+    *) fail "B's relocation did not start with the guest's writes: $(status_of_ctl "$TB/control.sock" state)" ;;
+esac
+pass "B's server and the old host refuse a plain client, one without a certificate, one of another CA"
+
+# An unprivileged local user: not through the server, not through the files.
+nobody () { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+nobody test -x "$tmp" || fail "uid 65534 cannot pass through $tmp: the checks below would prove nothing"
+! nobody nbdinfo --can connect "nbd://localhost:$PBT/" 2>/dev/null || fail "uid 65534 connects plainly to B's server"
+! nobody nbdinfo --can connect "$(tls_uri "$PBT" "$tmp/pki")" 2>/dev/null || fail "uid 65534 connects to B's server with the cluster's key"
+for f in "$TB/disk.img" "$TB/disk.img.bitmap" "$tmp/pki/client-key.pem"; do
+    ! nobody cat "$f" >/dev/null 2>&1 || fail "uid 65534 reads $f"
+done
+for f in "$TB/disk.img" "$TB/disk.img.bitmap" "$TB/disk.img.bitmap.volatile"; do
+    # (The volatile bitmap goes when the relocation completes.)
+    [ -e "$f" ] || [ "$f" = "$TB/disk.img.bitmap.volatile" ] || fail "no $f"
+    [ ! -e "$f" ] || [ "$(stat -c %a "$f")" = 600 ] || fail "$f has mode $(stat -c %a "$f")"
+done
+pass "uid 65534 reads and writes the disk neither through B's server nor through the files (0600, in 0710 directories)"
+
+pbt=$(pid_in "$TB")
+DOM=$TDOM migrate B C --tls
+grep -q "domain '$TDOM' disk vda: relocating nbds://relocate-hostb:$PBT/ to $TC/disk.img" "$tmp/C/state/hook.log" ||
+    fail "C does not relocate from B over TLS: $(grep "$TDOM" "$tmp/C/state/hook.log" 2>/dev/null)"
+DOM=$TDOM hmp C "read -P 0x42 1M 64k"
+DOM=$TDOM guest_writes C "0x44 2M 64k" "0x45 9M 4k"
+"$RELOCATECTL" wait --timeout 120 "$TC/control.sock" ||
+    fail "the relocation to C did not complete: $("$RELOCATECTL" status "$TC/control.sock" 2>&1)"
+gone_within 60 "$pbt" "$TB" || fail "B's server still runs after C's relocation completed"
+pct=$(pid_in "$TC")
+timeout 60 virsh -c "$UC" destroy "$TDOM" >/dev/null || fail "destroy on C"
+for i in $(seq 200); do running "$pct" "$TC" || break; sleep 0.1; done
+cmp "$TC/disk.img" "$tmp/texpected.img" || fail "C's file differs from the disk as the guest left it"
+unset EXPECTED
+pass "B -> C with --tls: C relocated from B's server over TLS; B's server stopped once C was complete; C's file is byte-exact ($(elapsed))"
 
 # ---- 5. a guest OS writing through B's server, killed -9 twice ----
 # The guest (tests/guest/init) writes, syncs and reads back one block a
