@@ -270,6 +270,17 @@ NBDKIT_RELOCATE_HOOK_CONF=$tmp/b7.conf migrate_in vm7 "$tmp/vm7.xml" "$tmp/b7.xm
     fail "A -> B (serve = tcp)"
 hb=$(host_of "$tmp/b7.xml")
 [[ $hb == localhost:* ]] || fail "B's XML names $hb"
+# No outsider starts the relocation: while B's server is in standby
+# (the guest still runs at A), a write without the cluster's
+# certificate, plain or over TLS, cannot even connect.
+mkdir -p "$tmp/nocert" && cp "$tmp/pki/ca-cert.pem" "$tmp/nocert/"
+cp "$tmp/a.img" "$tmp/outsider.img"
+for u in "nbd://$hb/disk1" "nbds://$hb/disk1?tls-certificates=$tmp/nocert"; do
+    ! $NBDIO writes "$u" "$tmp/outsider.img" 1 1 2>/dev/null || fail "an outsider wrote through $u"
+done
+[ "$("$RELOCATECTL" status --json "$DB/control.sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = standby ] ||
+    fail "an outsider's write started the relocation"
+pass "in standby, an outsider without the cluster's certificate cannot write: the relocation stays in standby"
 $NBDIO writes "$(tls_uri $hb)" "$tmp/guest7.img" 7 40 || fail "guest writes on B"
 # B -> C, live, before B's relocation is complete: C relocates from B.
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/c7.conf migrate_in vm7 "$tmp/b7.xml" "$tmp/c7.xml" ||
