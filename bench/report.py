@@ -54,6 +54,31 @@ def targets(runs, alloc):
     return L + [""] if L else []
 
 
+def tls_cost(runs):
+    """The issue's target for TLS: relocate over TLS at most 1.05 x the
+    time of relocate in the clear, on the same model in the same run;
+    CPU seconds per GiB fetched, of the filter and of the source, both
+    ways."""
+    L = []
+    for net, methods in runs.items():
+        plain, tls = methods.get("relocate"), methods.get("relocate tls")
+        if not plain or not tls:
+            continue
+        tr = ratio(med(tls, "time_s"), med(plain, "time_s"))
+
+        def per_gib(rs, key):
+            return ratio(med(rs, key), (med(rs, "fetched_bytes") or 0) / GiB)
+        L.append("- %s, TLS: time %s x relocate in the clear (target <= "
+                 "1.05: %s); CPU s per GiB fetched: filter %s in the clear, "
+                 "%s with TLS; source %s in the clear, %s with TLS"
+                 % (net, fmt(tr), "n/a" if tr is None else
+                    "met" if tr <= 1.05 else "**missed**",
+                    fmt(per_gib(plain, "cpu_s")), fmt(per_gib(tls, "cpu_s")),
+                    fmt(per_gib(plain, "src_cpu_s")),
+                    fmt(per_gib(tls, "src_cpu_s"))))
+    return L + [""] if L else []
+
+
 def vmview(V):
     """Scenario 3's table: p50/p99 paused vs copying, and the ratios."""
     cpus = V.get("cpus")
@@ -172,6 +197,7 @@ def report(R):
                          "at %.2f s." % (net, ap, med(runs, "time_s")))
         L.append("")
         L += targets(D["runs"], alloc)
+        L += tls_cost(D["runs"])
 
     if "sparse" in R:
         S = R["sparse"]
@@ -196,6 +222,7 @@ def report(R):
         L.append("\nSource image allocated: %d MiB.\n"
                  % (S["source_allocated"] // MiB))
         L += targets(S["runs"], S["source_allocated"])
+        L += tls_cost(S["runs"])
 
     if "vmview" in R:
         L += vmview(R["vmview"])

@@ -161,9 +161,31 @@ export NBDKIT_RELOCATE_HOOK_CONF=$tmp/hook.conf
 D2=$tmp/root/6f0c2f0e-6a4b-4f0e-9a53-2d7d1c1e0002/vda
 p=$(nbdkit_pid "$D2")
 ! kill -0 "$p" 2>/dev/null || fail "nbdkit $p outlives the failed start"
-grep -q "domain 'vm2' disk vda: start refused: its relocation server (from nbd://127.0.0.1:$hung/disk1) did not serve within start_timeout" "$LOG" ||
+grep -q "domain 'vm2' disk vda: start refused: its relocation server (from nbd://127.0.0.1:$hung/disk1) did not serve (start_timeout = 4 s): " "$LOG" ||
     fail "not logged: $(grep vm2 "$LOG")"
 pass "a hung source: the start (the migration) is refused, nbdkit itself killed by pid"
+
+# ---- a TLS source whose certificate does not verify: refused ----
+# Its server certificate comes from another CA: the relocation never
+# starts (nothing falls back to the clear), and hook.log says why in
+# the line of the refusal.
+make_ca "$tmp/ca2" "another CA"
+make_certs "$tmp/ca2" "$tmp/pki2"
+pbad=$(free_port)
+nbdkit -f -i 127.0.0.1 -p "$pbad" -P "$tmp/bad.pid" --tls=require \
+    --tls-certificates="$tmp/pki2" file "$tmp/a.img" 2>>"$tmp/bad.log" </dev/null &
+disown
+servers+=(bad)
+wait_for nbdinfo --can connect "nbds://localhost:$pbad/?tls-certificates=$tmp/pki2" || fail "the other CA's source does not serve"
+sed "s/@NAME@/vm12/; s/@PORT1@/$pbad/; s/-2d7d1c1e0001/-2d7d1c1e0012/; s/<source protocol='nbd' name='disk1'>/<source protocol='nbd' name='disk1' tls='yes'>/" \
+    "$SAMPLES/one-disk.xml" > "$tmp/vm12.xml"
+conf "$tmp/bad.conf" "start_timeout = 20" "restarts = 1"
+if NBDKIT_RELOCATE_HOOK_CONF=$tmp/bad.conf migrate_in vm12 "$tmp/vm12.xml" "$tmp/out12.xml"; then
+    fail "the domain was let start on a source whose certificate does not verify"
+fi
+grep -q "domain 'vm12' disk vda: start refused: its relocation server (from nbds://127.0.0.1:$pbad/disk1) did not serve (start_timeout = 20 s): .*Error in the certificate verification.*cannot reach the source (hostname=127.0.0.1 port=$pbad export=disk1)" "$LOG" ||
+    fail "the refusal does not say why: $(grep vm12 "$LOG")"
+pass "a TLS source whose certificate another CA signed: the start is refused, in one line saying why"
 
 # ---- no QEMU ever comes: the server stops by itself ----
 conf "$tmp/standby.conf" "standby_timeout = 3"

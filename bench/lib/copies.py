@@ -24,6 +24,16 @@ def relay_conns(b):
 # one, nbdcopy with its default and with one.
 RELAY_METHODS = ("relocate", "relocate connections=1", "nbdcopy",
                  "nbdcopy --connections=1")
+# On wan-streams also the filter over TLS (source: --tls=require
+# --tls-verify-peer; the filter's nbd plugin: tls=require), beside the
+# plain runs: what encryption costs.
+TLS_NET = "wan-streams"
+TLS_METHOD = "relocate tls"
+
+
+def relay_methods(net):
+    """The methods measured on relay model net."""
+    return RELAY_METHODS + ((TLS_METHOD,) if net == TLS_NET else ())
 
 
 def compare(b, scen, methods, run_one, summary):
@@ -55,13 +65,14 @@ def relocate_extra(b, m):
     return []
 
 
-def relocate(b, img, net, local, size, verify=False, extra=()):
-    """Wall time from starting nbdkit until relocatectl wait returns."""
+def relocate(b, img, net, local, size, verify=False, extra=(), tls=False):
+    """Wall time from starting nbdkit until relocatectl wait returns;
+    with tls, the source requires TLS and the filter uses it."""
     rm(local, local + ".bitmap")
     settle()
-    b.start_source(img, net)
+    b.start_source(img, net, tls=tls)
     t0 = time.monotonic()
-    b.start_dest("dst", local, extra=extra)
+    b.start_dest("dst", local, extra=extra, tls=tls)
     ctl = b.procs.path("dst", "ctl")
 
     def sample():
@@ -72,6 +83,7 @@ def relocate(b, img, net, local, size, verify=False, extra=()):
     subprocess.run([b.ctl, "wait", ctl], check=True)
     t = time.monotonic() - t0
     cpu, hwm = proc_cpu(b.procs.pid("dst"))
+    src_cpu, _ = proc_cpu(b.procs.pid("src"))
     st = b.status("dst")
     tl = samp.stop()
     full = [x[0] for x in tl if x[1][0] >= size]
@@ -80,8 +92,8 @@ def relocate(b, img, net, local, size, verify=False, extra=()):
                st["fetched_background_bytes"] + st["fetched_demand_bytes"]))
     b.procs.stop("dst")
     stats = b.stop_source()
-    r = dict(time_s=t, cpu_s=cpu, rss_kib=hwm,
-             connections=relay_conns(b),
+    r = dict(time_s=t, cpu_s=cpu, rss_kib=hwm, src_cpu_s=src_cpu,
+             tls=tls, connections=relay_conns(b),
              all_present_s=full[0] if full else None,
              src_read_bytes=stats["read_bytes"],
              src_read_ops=stats["read_ops"],

@@ -90,6 +90,7 @@ class Bench:
         self.relay_conns = None
         self.dense_local_net = None
         self.cpus = None        # {"source": cpus, "dest": cpus}: see pin()
+        self.pki = None         # certificates for the TLS runs: need_pki()
 
     def pin(self, side, argv):
         """argv under taskset on the CPUs of SIDE ("source": the source
@@ -121,6 +122,42 @@ class Bench:
             make_dense(self.dense_img, self.prof["dense"])
         return self.dense_img
 
+    def need_pki(self):
+        """A directory of certificates (a CA, a server's for 127.0.0.1,
+        a client's) as nbdkit and libnbd read them, made on first use
+        with certtool."""
+        if self.pki:
+            return self.pki
+        d = os.path.join(self.tmp, "pki")
+        os.mkdir(d, 0o700)
+
+        def certtool(*args, template=None):
+            if template is not None:
+                with open(os.path.join(d, "t.tmpl"), "w") as f:
+                    f.write(template)
+                args += ("--template", os.path.join(d, "t.tmpl"))
+            subprocess.run(["certtool"] + list(args), check=True,
+                           capture_output=True)
+        certtool("--generate-privkey", "--key-type=ecdsa",
+                 "--outfile", os.path.join(d, "ca-key.pem"))
+        certtool("--generate-self-signed", "--load-privkey",
+                 os.path.join(d, "ca-key.pem"), "--outfile",
+                 os.path.join(d, "ca-cert.pem"),
+                 template='cn = "bench CA"\nca\ncert_signing_key\n')
+        for kind, usage in (("server", 'ip_address = "127.0.0.1"\n'
+                             'dns_name = "localhost"\ntls_www_server\n'),
+                            ("client", "tls_www_client\n")):
+            key = os.path.join(d, kind + "-key.pem")
+            certtool("--generate-privkey", "--key-type=ecdsa", "--outfile", key)
+            certtool("--generate-certificate", "--load-privkey", key,
+                     "--load-ca-certificate", os.path.join(d, "ca-cert.pem"),
+                     "--load-ca-privkey", os.path.join(d, "ca-key.pem"),
+                     "--outfile", os.path.join(d, kind + "-cert.pem"),
+                     template='cn = "bench %s"\n%ssigning_key\n'
+                     'encryption_key\n' % (kind, usage))
+        self.pki = d
+        return d
+
     # -------------------------------------------------- servers
 
     def nbdkit(self, name, args, env=None, extra_wait=()):
@@ -131,11 +168,15 @@ class Bench:
                                 wait_paths=[self.sock(name)] + list(extra_wait),
                                 pidfile=self.procs.path(name, "pid"))
 
-    def start_source(self, img, net, stats=True):
+    def start_source(self, img, net, stats=True, tls=False):
         """The old host: nbdkit file IMG, behind the WAN model if wan,
-        behind the relay (started here too) for the relay models.
-        Always the same socket: the relocate bitmap records it."""
+        behind the relay (started here too) for the relay models; with
+        tls, requiring TLS and a client certificate.  Always the same
+        socket: the relocate bitmap records it."""
         filters = ["--filter=stats"] if stats else []
+        if tls:
+            filters = ["--tls=require", "--tls-certificates=" + self.need_pki(),
+                       "--tls-verify-peer"] + filters
         params = ["statsfile=" + self.procs.path("src", "stats")] if stats else []
         if net == "wan":
             filters += ["--filter=delay", "--filter=rate"]
@@ -165,11 +206,14 @@ class Bench:
             return "nbd://127.0.0.1:%d/" % self.src_port
         return self.uri("src")
 
-    def src_plugin_args(self):
-        """The nbd plugin's parameters for the source."""
+    def src_plugin_args(self, tls=False):
+        """The nbd plugin's parameters for the source (tls: over TLS,
+        verifying its certificate)."""
+        tls_args = ["tls=require", "tls-certificates=" + self.need_pki()] \
+            if tls else []
         if self.src_port:
-            return ["hostname=127.0.0.1", "port=%d" % self.src_port]
-        return ["socket=" + self.sock("src")]
+            return ["hostname=127.0.0.1", "port=%d" % self.src_port] + tls_args
+        return ["socket=" + self.sock("src")] + tls_args
 
     def relay_accepted(self):
         """Connections the last relay served (it logs each as it
@@ -190,9 +234,9 @@ class Bench:
         self.src_port = None
         return parse_stats(self.procs.path("src", "stats"))
 
-    def start_dest(self, name, local, start="immediate", extra=()):
+    def start_dest(self, name, local, start="immediate", extra=(), tls=False):
         ctl = self.procs.path(name, "ctl")
-        args = ["--filter=" + self.filter, "nbd"] + self.src_plugin_args() + [
+        args = ["--filter=" + self.filter, "nbd"] + self.src_plugin_args(tls) + [
                 "relocate-file=" + local, "relocate-control=" + ctl]
         if start:
             args.append("relocate-start=" + start)

@@ -8,7 +8,7 @@ from lib.servers import RELAYS
 
 def methods(b, net):
     if net in RELAYS:
-        return copies.RELAY_METHODS
+        return copies.relay_methods(net)
     m = ["relocate", "nbdcopy", "scan+cache (2M blocks)",
          "scan+cache (defaults)"]
     if b.qsd:
@@ -24,7 +24,8 @@ def run(b):
     def run_one(m, net, rep):
         if m.startswith("relocate"):
             r = copies.relocate(b, img, net, local, size, verify=rep == 0,
-                                extra=copies.relocate_extra(b, m))
+                                extra=copies.relocate_extra(b, m),
+                                tls=m == copies.TLS_METHOD)
             b.dense_local_net = net
             return r
         if m.startswith("nbdcopy"):

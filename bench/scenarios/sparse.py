@@ -18,7 +18,8 @@ def run(b):
     def run_one(m, net, rep):
         if m.startswith("relocate"):
             r = copies.relocate(b, img, net, local, size, verify=rep == 0,
-                                extra=copies.relocate_extra(b, m))
+                                extra=copies.relocate_extra(b, m),
+                                tls=m == copies.TLS_METHOD)
             rm(local, local + ".bitmap")
             return r
         return copies.nbdcopy(b, img, net, verify=rep == 0,
@@ -32,7 +33,7 @@ def run(b):
                    if r.get("connections") else ""))
 
     def methods(net):
-        return (copies.RELAY_METHODS if net in RELAYS
+        return (copies.relay_methods(net) if net in RELAYS
                 else ("relocate", "nbdcopy"))
 
     res = copies.compare(b, "sparse", methods, run_one, summary)

@@ -191,10 +191,10 @@ def _start(cfg, name, ddisk, rel, ident):
                                server.filter_supports(
                                    cfg, "relocate-standby-timeout")):
         errors = server.start_errors(ddisk, since)
-        return ("its relocation server (from %s) did not serve within "
-                "start_timeout: %s (%s)" %
-                (rel["source"], errors or "no error",
-                 os.path.join(ddisk, "nbdkit.log")))
+        return ("its relocation server (from %s) did not serve "
+                "(start_timeout = %s s): %s (%s)" %
+                (rel["source"], cfg["start_timeout"],
+                 errors or "it said nothing", os.path.join(ddisk, "nbdkit.log")))
     log("domain %r disk %s: relocation server %s at %s" %
         (name, rel["target"], "resumed" if resumed else "started",
          state.served_at(rel)))
