@@ -6,7 +6,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -25,7 +24,7 @@
 #include "upstream.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t kick = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t kick = PTHREAD_COND_INITIALIZER; /* made monotonic */
 static bool stopping;
 static uint64_t cursor;             /* where the next claim starts */
 static uint64_t last_hint;          /* last demand hint acted on */
@@ -73,20 +72,13 @@ copying (void)
     state_get () == STATE_RELOCATING;
 }
 
-/* Wait for a kick, or ms milliseconds; caller holds lock. */
+/* Wait for a kick, or ms milliseconds (monotonic: a step of the wall
+ * clock never stretches it); caller holds lock.
+ */
 static void
 wait_kick (unsigned ms)
 {
-  struct timespec ts;
-
-  clock_gettime (CLOCK_REALTIME, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  pthread_cond_timedwait (&kick, &lock, &ts);
+  cond_wait_until (&kick, &lock, state_now () + ms / 1000.0);
 }
 
 /* Claim the next run: after the guest's last demand fetch if it moved,
@@ -402,6 +394,7 @@ bgcopy_start_threads (void)
   unsigned i;
   int e;
 
+  cond_init_monotonic (&kick);          /* before any thread waits */
   e = pthread_create (&coordinator_thread, NULL, coordinator, NULL);
   if (e)
     goto err;

@@ -7,7 +7,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <glib.h>
@@ -31,7 +30,7 @@
  * whenever a block leaves the busy state.
  */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t changed = PTHREAD_COND_INITIALIZER; /* made monotonic */
 static uint64_t *busy;                  /* one bit per block */
 
 /* Blocks the source rejects every time it is asked (a bad block):
@@ -118,19 +117,9 @@ set_failed (uint64_t b, bool on)
 static bool
 wait_changed (double deadline)
 {
-  double left = deadline - state_now ();
-  struct timespec ts;
-
-  if (left <= 0)
+  if (deadline <= state_now ())
     return false;
-  clock_gettime (CLOCK_REALTIME, &ts);
-  ts.tv_sec += (time_t) left;
-  ts.tv_nsec += (long) ((left - (time_t) left) * 1e9);
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  pthread_cond_timedwait (&changed, &lock, &ts);
+  cond_wait_until (&changed, &lock, deadline);
   return true;
 }
 
@@ -147,6 +136,7 @@ timed_out (uint64_t b, int *err)
 int
 blk_open (uint64_t new_size)
 {
+  cond_init_monotonic (&changed);       /* before any thread waits */
   if (blkfile_open (new_size) == -1)
     return -1;
   all_present = bitmap_count () == blk_nblocks;
