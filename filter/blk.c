@@ -546,7 +546,12 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
         blk_release (first[i], n[i]);
         continue;
       }
-      r = fetch_run (first[i], n[i], buf, false, deadline, err) == 0 ? 0 : -1;
+      /* A block the source rejects is marked failed, and the rest of
+       * its run fetched: the scan above then fails this request only if
+       * it covers that block, not if readahead or another request's
+       * run met it.
+       */
+      r = fetch_run (first[i], n[i], buf, false, deadline, err) == -1 ? -1 : 0;
       __atomic_store_n (&demand_hint, first[i] + n[i], __ATOMIC_RELAXED);
     }
     free (buf);

@@ -27,14 +27,7 @@ size=$((16 << 20))
 bad=$((0x501000))               # 4K bad, inside block 80 (0x500000)
 badlen=4096
 random_image "$tmp/src.img" 16
-printf '%s\n' '# Mapfile. Created by GNU ddrescue version 1.25' \
-    '# current_pos  current_status  current_pass' \
-    '0x00000000     ?               1' \
-    '#      pos        size  status' \
-    "$(printf '0x%08x  0x%08x  +' 0 $bad)" \
-    "$(printf '0x%08x  0x%08x  -' $bad $badlen)" \
-    "$(printf '0x%08x  0x%08x  +' $((bad + badlen)) $((size - bad - badlen)))" \
-    > "$tmp/src.map"
+bad_range_map "$tmp/src.map" $size $bad $badlen
 start_source src "$tmp/src.img" --filter=ddrescue ddrescue-mapfile="$tmp/src.map"
 
 # Self-check: the source fails the bad range, and only it.
