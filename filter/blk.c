@@ -520,7 +520,12 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
     if (runs == 0) {
       bool in_time = wait_changed (deadline);
       pthread_mutex_unlock (&lock);
+      /* Another fetch holds a block: on a slow link it takes longer
+       * than the timeout, and that is no reason to fail.
+       */
       if (!in_time)
+        deadline = MAX (deadline, upstream_progress_deadline ());
+      if (!in_time && state_now () >= deadline)
         return timed_out (b0, err);
       continue;
     }
@@ -679,6 +684,10 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
   for (b = b0; b <= b1; ++b) {
     if (is_busy (b)) {
       if (!wait_changed (deadline)) {
+        /* Slow, not stuck? */
+        deadline = MAX (deadline, upstream_progress_deadline ());
+        if (state_now () < deadline)
+          goto again;
         pthread_mutex_unlock (&lock);
         return timed_out (b, err);
       }

@@ -12,13 +12,14 @@
 #include <nbdkit-filter.h>
 
 #include "params.h"
+#include "sock.h"
 #include "state.h"
 #include "upstream.h"
 #include "lock.h"
 
 #define MAX_REQUEST (32 * 1024 * 1024)
 #define MAX_BACKOFF 4.0          /* seconds between connection attempts */
-#define MAX_ABANDONED 8          /* stuck connections; then open no more */
+#define MAX_ABANDONED 8          /* connections beyond relocate-connections */
 #define REJECT_TRIES 3           /* a rejected request is tried this often */
 #define CHECK_SECONDS 0.2        /* how often the supervisor looks */
 
@@ -27,7 +28,7 @@ enum conn_state {
   CONN_OPENING,                  /* an opener thread is connecting */
   CONN_UP,                       /* its threads take requests */
   CONN_BROKEN,                   /* failed: closed once its requests end */
-  CONN_STUCK,                    /* abandoned: it did not answer in time */
+  CONN_STUCK,                    /* abandoned: no reply and no data in time */
 };
 
 struct conn {
@@ -38,6 +39,10 @@ struct conn {
   unsigned threads;              /* its executor threads still running */
   GQueue active;                 /* its requests being carried out */
   uint64_t good_offset;          /* a read there last succeeded */
+  GArray *before;                /* the process's sockets before it opened */
+  struct sock_set socks;         /* its own (sock.h) */
+  double stuck_since;            /* when it was abandoned */
+  bool cut;                      /* its sockets are shut down both ways */
 };
 
 /* A request, owned by its caller and by the connection that carries it
@@ -290,6 +295,8 @@ free_conn (struct conn *c)
     pthread_mutex_lock (&lock);
   }
   g_ptr_array_remove_fast (conns, c);
+  if (c->before)
+    g_array_unref (c->before);
   g_free (c);
   wake_all ();
 }
@@ -397,9 +404,16 @@ opener (void *arg)
   int64_t size = -1;
   int ext = 0;
   nbdkit_next *n = open_context (&size, &minimum, &maximum, &ext);
+  struct sock_set socks = { 0 };
   unsigned i;
 
+  /* Opens happen one at a time: the sockets that appeared since are
+   * this connection's.
+   */
+  if (n)
+    sock_new_since (c->before, &socks);
   pthread_mutex_lock (&lock);
+  c->socks = socks;
   if (n && expected_size && (uint64_t) size != expected_size) {
     nbdkit_error ("relocate: the source now has size %" PRIi64 ", not %"
                   PRIu64 ": refusing it, serving only present blocks",
@@ -424,6 +438,7 @@ opener (void *arg)
     c->next = n;
     c->size = size;
     c->state = CONN_UP;
+    sock_keepalive (&c->socks, cfg.timeout);
     set_limits (minimum, maximum, ext);
     last_error[0] = '\0';
     backoff = 1;
@@ -462,6 +477,7 @@ open_conn (void)
 
   c->state = CONN_OPENING;
   c->since = state_now ();
+  c->before = sock_snapshot ();
   g_queue_init (&c->active);
   if (spawn (opener, c) == -1) {
     set_error ("cannot start a thread: %s", g_strerror (errno));
@@ -490,8 +506,38 @@ count_locked (unsigned *up, unsigned *opening, unsigned *stuck)
   }
 }
 
+/* Shut down c's sockets both ways: its threads, blocked in the plugin
+ * on a source that vanished, get an error and let go.  An open that
+ * has not finished has not told its sockets yet: they are the ones
+ * that appeared since it started.  Caller holds lock.
+ */
+static void
+cut (struct conn *c)
+{
+  if (c->state == CONN_OPENING)
+    sock_new_since (c->before, &c->socks);
+  sock_shutdown (&c->socks, SHUT_RDWR);
+  c->cut = true;
+}
+
+/* Does c receive data: has any arrived within relocate-timeout?  (-1:
+ * it cannot tell, not TCP.)  Caller holds lock.
+ */
+static int
+receiving (struct conn *c)
+{
+  int64_t quiet = sock_quiet_ms (&c->socks);
+
+  return quiet < 0 ? -1 : quiet < (int64_t) cfg.timeout * 1000;
+}
+
 /* Abandon connections that overstay relocate-timeout: an open that has
- * not finished, or a request without a reply.  Caller holds lock.
+ * not finished, or one whose oldest request has had no reply in that
+ * time while no data arrived on it either (a slow link that delivers
+ * steadily is not stuck).  An abandoned open is cut at once; an
+ * abandoned connection first gets a FIN (a source that was only
+ * paused then sends its replies and closes cleanly), and is cut after
+ * another relocate-timeout.  Caller holds lock.
  */
 static void
 abandon_overdue (double now)
@@ -503,19 +549,26 @@ abandon_overdue (double now)
     struct request *oldest = g_queue_peek_head (&c->active);
 
     if (c->state == CONN_OPENING && now - c->since >= cfg.timeout) {
+      cut (c);
       c->state = CONN_STUCK;
+      c->stuck_since = now;
       set_error ("the source did not complete the handshake in %u s",
                  cfg.timeout);
       retry_at = now + backoff;
       backoff = MIN (backoff * 2, MAX_BACKOFF);
     }
     else if (c->state == CONN_UP && oldest &&
-             now - oldest->started >= cfg.timeout) {
+             now - oldest->started >= cfg.timeout && receiving (c) != 1) {
       c->state = CONN_STUCK;
+      c->stuck_since = now;
+      sock_shutdown (&c->socks, SHUT_WR);
       set_error ("no reply from the source in %u s: abandoned a connection",
                  cfg.timeout);
       wake_all ();                   /* its idle threads go */
     }
+    else if (c->state == CONN_STUCK && !c->cut &&
+             now - c->stuck_since >= cfg.timeout)
+      cut (c);
   }
 }
 
@@ -536,6 +589,7 @@ supervisor (void *arg)
       reconnect_now = false;
       for (i = 0; i < conns->len; ++i) {
         struct conn *c = g_ptr_array_index (conns, i);
+        cut (c);                 /* every one: hung ones too */
         if (c->state == CONN_UP)
           c->state = CONN_BROKEN;
       }
@@ -544,12 +598,13 @@ supervisor (void *arg)
       wake_all ();
     }
     count_locked (&up, &opening, &stuck);
+    /* One open at a time (sock.h), and never more than
+     * relocate-connections + MAX_ABANDONED connections in all.
+     */
     if (!detached && up + opening < cfg.connections &&
-        stuck < MAX_ABANDONED && now >= retry_at) {
-      /* While nothing is up, one attempt at a time. */
-      if (up > 0 || opening == 0)
-        open_conn ();
-    }
+        up + opening + stuck < cfg.connections + MAX_ABANDONED &&
+        opening == 0 && now >= retry_at)
+      open_conn ();
     cond_wait_until (&changed, &lock, now + CHECK_SECONDS);
   }
   pthread_mutex_unlock (&lock);
@@ -681,6 +736,33 @@ submit (enum op op, uint64_t offset, uint32_t count, bool urgent)
   return req;
 }
 
+/* relocate-timeout after data last arrived from the source, on any
+ * connection up (0 if none can tell): a wait for the source may go on
+ * until then, since a slow link is not a stuck one.  Caller holds lock.
+ */
+static double
+progress_deadline (void)
+{
+  double now = state_now (), t = 0;
+  guint i;
+
+  for (i = 0; i < conns->len; ++i) {
+    struct conn *c = g_ptr_array_index (conns, i);
+    int64_t quiet = c->state == CONN_UP ? sock_quiet_ms (&c->socks) : -1;
+    if (quiet >= 0)
+      t = MAX (t, now - quiet / 1000.0 + cfg.timeout);
+  }
+  return t;
+}
+
+double
+upstream_progress_deadline (void)
+{
+  LOCK_FOR_SCOPE (&lock);
+
+  return conns ? progress_deadline () : 0;
+}
+
 /* Wait for req until t; true if it has finished.  Caller holds lock. */
 static bool
 wait_for (struct request *req, double t)
@@ -743,7 +825,9 @@ pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
       if (req == NULL)
         continue;
       if (!wait_for (req, next_try)) {
-        if (state_now () >= deadline || stopping || giving_up) {
+        if (state_now () >= deadline)   /* slow, not stuck? */
+          deadline = MAX (deadline, progress_deadline ());
+        if (stopping || giving_up || state_now () >= deadline) {
           *err = EIO;
           r = -1;
         }

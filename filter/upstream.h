@@ -54,9 +54,10 @@ void upstream_give_up (void);
 #define UPSTREAM_REJECTED (-2)
 
 /* Read from the source by the monotonic deadline (state_now () +
- * seconds).  0, or -1 with *err = EIO if the source did not answer in
- * time (background: at once and quietly if no connection is up), or
- * UPSTREAM_REJECTED.
+ * seconds), which moves on while data arrives from the source (see
+ * upstream_progress_deadline).  0, or -1 with *err = EIO if the source did
+ * not answer in time (background: at once and quietly if no
+ * connection is up), or UPSTREAM_REJECTED.
  */
 int upstream_pread (void *buf, uint32_t count, uint64_t offset,
                     double deadline, bool background, int *err);
@@ -72,7 +73,15 @@ int upstream_extents (uint32_t count, uint64_t offset,
 /* Close every context for good: the relocation is complete. */
 void upstream_detach (void);
 
-/* Drop the connections now and reopen them (relocatectl reconnect). */
+/* relocate-timeout after data last arrived from the source over TCP
+ * (0 if no connection can tell): a wait for the source may go on until
+ * then, since a slow link is not a stuck one.
+ */
+double upstream_progress_deadline (void);
+
+/* Drop every connection now, hung ones too, and reopen them
+ * (relocatectl reconnect).
+ */
 void upstream_reconnect (void);
 
 /* For status: is a connection up, how many, and the last error seen. */

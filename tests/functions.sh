@@ -333,3 +333,34 @@ make_certs ()
         rm -f "$d/$kind.tmpl"
     done
 }
+
+# start_relay NAME UPSTREAM [ARGS...]: tests/relay.py on 127.0.0.1 in
+# front of UPSTREAM (unix:PATH or tcp:HOST:PORT), its port in
+# $tmp/NAME.port, pid in $tmp/NAME.pid (stopped on exit); kill -USR1
+# makes the source vanish silently, -USR2 brings it back.
+start_relay ()
+{
+    local name=$1 up=$2; shift 2
+    rm -f "$tmp/$name.port"
+    $PY "$srcdir/tests/relay.py" --upstream "$up" --port-file "$tmp/$name.port" "$@" \
+        2>>"$tmp/$name.log" </dev/null &
+    echo $! > "$tmp/$name.pid"
+    disown
+    servers+=("$name")
+    wait_for test -s "$tmp/$name.port" || fail "relay $name did not start: $(tail -n 5 "$tmp/$name.log")"
+}
+
+# bad_range_map FILE SIZE BAD LEN: a ddrescue mapfile for nbdkit's
+# ddrescue filter over an image of SIZE bytes: every byte readable but
+# [BAD, BAD+LEN), which fails with EIO.
+bad_range_map ()
+{
+    local f=$1 size=$2 bad=$3 len=$4
+    printf '%s\n' '# Mapfile. Created by GNU ddrescue version 1.25' \
+        '# current_pos  current_status  current_pass' \
+        '0x00000000     ?               1' \
+        '#      pos        size  status' \
+        "$(printf '0x%08x  0x%08x  +' 0 "$bad")" \
+        "$(printf '0x%08x  0x%08x  -' "$bad" "$len")" \
+        "$(printf '0x%08x  0x%08x  +' $((bad + len)) $((size - bad - len)))" > "$f"
+}
