@@ -208,7 +208,7 @@ static void *
 worker (void *arg)
 {
   uint64_t max = MAX (1, cfg.request_size / blk_size);
-  uint64_t first, n, rate;
+  uint64_t first, n, rate, fit;
   void *buf = blk_alloc_buffer (max * blk_size);
   unsigned ms;
   bool claimed;
@@ -227,10 +227,12 @@ worker (void *arg)
       continue;
     }
     /* Claim only now: a claimed block makes the guest wait for it.
-     * While the guest does I/O, half-size requests: shorter bursts of
-     * work for the threads that receive them.
+     * No more than the link carries in a quarter of the timeout; while
+     * the guest does I/O, half that: shorter bursts of work for the
+     * threads that receive them.
      */
-    claimed = claim_locked (state_client_active () ? MAX (1, max / 2) : max,
+    fit = upstream_request_limit (blk_size, max * blk_size) / blk_size;
+    claimed = claim_locked (state_client_active () ? MAX (1, fit / 2) : fit,
                             &first, &n);
     if (!claimed) {
       wait_kick (20);           /* the rest is busy, unmapped or present */

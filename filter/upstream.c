@@ -83,6 +83,10 @@ static char last_error[256];
 static double retry_at, backoff = 1;
 static bool supervising;
 static pthread_t supervisor_thread;
+/* What one request carries per second (bytes of a read over its time
+ * on a connection), averaged: requests are sized to it.
+ */
+static double carried;
 
 /* Every executor and opener thread, joined once it has finished (by
  * the supervisor, and all at the stop), so that none can still be
@@ -344,8 +348,13 @@ execute (struct conn *c, struct request *req)
   g_queue_remove (&c->active, req);
   if (c->state == CONN_STUCK)
     source_answers ();
-  if (r == 0 && req->op == OP_PREAD)
+  if (r == 0 && req->op == OP_PREAD) {
+    double took = state_now () - req->started;
     c->good_offset = req->offset;
+    if (req->count >= 65536 && took > 0)
+      carried = carried > 0 ? 0.7 * carried + 0.3 * req->count / took
+        : req->count / took;
+  }
   if (r == -1 && connection_error (err) && c->state == CONN_UP) {
     c->state = CONN_BROKEN;
     set_error ("%s of %" PRIu32 " bytes at offset %" PRIu64 " failed: %s; "
@@ -753,6 +762,17 @@ progress_deadline (void)
       t = MAX (t, now - quiet / 1000.0 + cfg.timeout);
   }
   return t;
+}
+
+uint32_t
+upstream_request_limit (uint32_t block, uint32_t most)
+{
+  LOCK_FOR_SCOPE (&lock);
+  double fit = carried * cfg.timeout / 4;
+
+  if (carried <= 0 || fit >= most)
+    return most;
+  return MAX (block, (uint32_t) fit / block * block);
 }
 
 double

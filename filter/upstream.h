@@ -73,6 +73,12 @@ int upstream_extents (uint32_t count, uint64_t offset,
 /* Close every context for good: the relocation is complete. */
 void upstream_detach (void);
 
+/* The largest background request that a connection carries in a
+ * quarter of relocate-timeout at the rate reads have been carried so
+ * far: a multiple of block, at least block, at most most.
+ */
+uint32_t upstream_request_limit (uint32_t block, uint32_t most);
+
 /* relocate-timeout after data last arrived from the source over TCP
  * (0 if no connection can tell): a wait for the source may go on until
  * then, since a slow link is not a stuck one.
