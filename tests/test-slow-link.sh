@@ -42,10 +42,11 @@ PYEOF
 
 ctl wait dst --timeout 240 || fail "the relocation did not complete: $("$RELOCATECTL" status "$tmp/dst.ctl")"
 cmp "$tmp/dst.img" "$tmp/src.img" || fail "the local file differs from the source"
-# Requests sized to the link: 4M takes 16 s at 1 MiB/s shared by 4
-# connections; a quarter of the timeout carries far less.
+# Requests sized to the link: a 4M request takes longer than the
+# timeout at 1 MiB/s shared by the connections; a quarter of the
+# timeout carries far less (at most half of it, here).
 req=$(sort -n "$tmp/request.samples" | head -n 1)
-[ "${req:-4194304}" -le $((1 << 20)) ] || fail "background requests never below $req bytes on a 1 MiB/s link"
+[ "${req:-4194304}" -le $((2 << 20)) ] || fail "background requests never below $req bytes on a 1 MiB/s link"
 most=$(sort -n "$tmp/abandoned.samples" | tail -n 1)
 [ "${most:-0}" -le $((4 + 8)) ] || fail "$most connections abandoned at once (bound 12)"
 pass "1 MiB/s link, relocate-timeout=10: complete byte-exact, the guest's read succeeded, requests of $req bytes, at most ${most:-0} connections abandoned"
