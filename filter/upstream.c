@@ -640,9 +640,10 @@ upstream_connect_once (nbdkit_backend *b, int64_t *size)
   init (b);
   pthread_mutex_lock (&lock);
   c = open_conn ();
-  while (c && c->state == CONN_OPENING && state_now () < deadline)
+  /* The opener frees c if the open fails: look it up each time. */
+  while (c && g_ptr_array_find (conns, c, NULL) && c->state == CONN_OPENING &&
+         state_now () < deadline)
     cond_wait_until (&changed, &lock, deadline);
-  /* c may be freed (the open failed): look it up again. */
   if (c && g_ptr_array_find (conns, c, NULL) && c->state == CONN_UP) {
     *size = c->size;
     pthread_mutex_unlock (&lock);
