@@ -43,6 +43,7 @@ struct conn {
   struct sock_set socks;         /* its own (sock.h) */
   double stuck_since;            /* when it was abandoned */
   bool cut;                      /* its sockets are shut down both ways */
+  bool lane;                     /* carries only clients' requests */
 };
 
 /* A request, owned by its caller and by the connection that carries it
@@ -58,20 +59,28 @@ struct request {
   struct nbdkit_extents *extents; /* OP_EXTENTS */
   struct conn *conn;             /* once started */
   double started;
+  bool urgent;                   /* a client's: it goes first */
   bool done;
   int r, err;
   unsigned refs;
 };
 
-/* lock covers everything below.  Executors wait on work, signalled for
- * each queued request; everyone else waits on changed, broadcast when a
- * request ends.  Both are broadcast when a connection changes state or
- * we stop.
+/* lock covers everything below.  Executors wait on work (the lane's
+ * on urgent_work), signalled for each queued request; everyone else
+ * waits on changed, broadcast when a request ends.  All are broadcast
+ * when a connection changes state or we stop.
+ *
+ * The guest's requests never queue behind the background copy's on
+ * the wire: with two connections or more, one is the guest's lane and
+ * carries clients' requests only, and while it is up the others carry
+ * the background copy's only.
  */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t urgent_work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER; /* made monotonic */
-static GQueue queue = G_QUEUE_INIT;      /* requests not yet started */
+static GQueue urgent_q = G_QUEUE_INIT;   /* clients' requests not yet started */
+static GQueue bulk_q = G_QUEUE_INIT;     /* the background copy's */
 static GPtrArray *conns;                 /* every connection not yet freed */
 static nbdkit_backend *backend;
 static uint64_t expected_size;           /* 0: not known yet */
@@ -112,6 +121,7 @@ static void
 wake_all (void)
 {
   pthread_cond_broadcast (&work);
+  pthread_cond_broadcast (&urgent_work);
   pthread_cond_broadcast (&changed);
 }
 
@@ -369,6 +379,56 @@ execute (struct conn *c, struct request *req)
   pthread_cond_broadcast (&changed);
 }
 
+/* Is a connection up that is (lane) or is not (!lane) the guest's
+ * lane?  Caller holds lock.
+ */
+static bool
+up_as (bool lane)
+{
+  guint i;
+
+  for (i = 0; i < conns->len; ++i) {
+    struct conn *c = g_ptr_array_index (conns, i);
+    if (c->lane == lane && c->state == CONN_UP)
+      return true;
+  }
+  return false;
+}
+
+/* Does c carry a request of the background copy now?  Caller holds
+ * lock.
+ */
+static bool
+carries_bulk (struct conn *c)
+{
+  GList *l;
+
+  for (l = c->active.head; l; l = l->next)
+    if (!((struct request *) l->data)->urgent)
+      return true;
+  return false;
+}
+
+/* The next request for c: clients' first.  The lane takes the
+ * background copy's only while no other connection is up (a source
+ * that allows one connection); the others take clients' while the
+ * lane is down, or while they carry none of the copy's and none is
+ * waiting (the copy paused or done, standby: the guest gets every
+ * connection).  Caller holds lock.
+ */
+static struct request *
+next_request (struct conn *c)
+{
+  struct request *req = NULL;
+
+  if (c->lane || !up_as (true) ||
+      (g_queue_is_empty (&bulk_q) && !carries_bulk (c)))
+    req = g_queue_pop_head (&urgent_q);
+  if (req == NULL && (!c->lane || !up_as (false)))
+    req = g_queue_pop_head (&bulk_q);
+  return req;
+}
+
 /* A connection's thread: carries out queued requests while it is up. */
 static void *
 executor (void *arg)
@@ -378,14 +438,18 @@ executor (void *arg)
 
   pthread_mutex_lock (&lock);
   while (c->state == CONN_UP && !stopping && !detached) {
-    req = g_queue_pop_head (&queue);
+    req = next_request (c);
     if (req)
       execute (c, req);
+    else if (c->lane && up_as (false))
+      pthread_cond_wait (&urgent_work, &lock);
     else
       pthread_cond_wait (&work, &lock);
   }
   /* A request this thread was woken for goes to another. */
-  if (!g_queue_is_empty (&queue))
+  if (!g_queue_is_empty (&urgent_q))
+    pthread_cond_signal (&urgent_work);
+  if (!g_queue_is_empty (&urgent_q) || !g_queue_is_empty (&bulk_q))
     pthread_cond_signal (&work);
   if (--c->threads == 0)
     free_conn (c);
@@ -395,13 +459,20 @@ executor (void *arg)
 }
 
 /* Threads per connection: enough for the background workers and a
- * few client requests over all connections.
+ * few client requests over all connections; the lane's, for a guest
+ * with LANE_THREADS requests in flight.
  */
+#define LANE_THREADS 16
+
 static unsigned
-threads_per_conn (void)
+threads_per_conn (const struct conn *c)
 {
+  unsigned bulk_conns = MAX (1, cfg.connections - (cfg.connections > 1));
   unsigned total = cfg.workers + 8;
-  return MAX (2, (total + cfg.connections - 1) / cfg.connections);
+
+  if (c->lane)
+    return LANE_THREADS;
+  return MAX (2, (total + bulk_conns - 1) / bulk_conns);
 }
 
 /* Opens c; if it was abandoned meanwhile, closes what it opened. */
@@ -447,6 +518,7 @@ opener (void *arg)
     c->next = n;
     c->size = size;
     c->state = CONN_UP;
+    c->lane = cfg.connections > 1 && !up_as (true);
     sock_keepalive (&c->socks, cfg.timeout);
     set_limits (minimum, maximum, ext);
     last_error[0] = '\0';
@@ -454,7 +526,7 @@ opener (void *arg)
     state_clear_failure (FAILURE_SOURCE);
     nbdkit_debug ("relocate: upstream connected (%u up)",
                   conns ? conns->len : 0);
-    for (i = threads_per_conn (); i > 0; --i)
+    for (i = threads_per_conn (c); i > 0; --i)
       if (spawn (executor, c) == 0)
         c->threads++;
     if (c->threads > 0) {
@@ -695,7 +767,8 @@ upstream_stop (void)
   supervising = false;
 
   pthread_mutex_lock (&lock);
-  while ((req = g_queue_pop_head (&queue)) != NULL) {
+  while ((req = g_queue_pop_head (&urgent_q)) != NULL ||
+         (req = g_queue_pop_head (&bulk_q)) != NULL) {
     req->r = -1;
     req->err = ESHUTDOWN;
     req->done = true;
@@ -726,7 +799,7 @@ upstream_stop (void)
  * client's (urgent) goes before the background copy's.
  */
 static struct request *
-submit (enum op op, uint64_t offset, uint32_t count, bool urgent)
+submit (enum op op, uint64_t offset, uint32_t count, bool is_urgent)
 {
   struct request *req = g_new0 (struct request, 1);
 
@@ -734,14 +807,14 @@ submit (enum op op, uint64_t offset, uint32_t count, bool urgent)
   req->offset = offset;
   req->count = count;
   req->refs = 2;                 /* the caller's and the queue's */
+  req->urgent = is_urgent;
   if (op == OP_PREAD)
     req->buf = g_malloc (count);
   else
     req->extents = nbdkit_extents_new (offset, offset + count);
-  if (urgent)
-    g_queue_push_head (&queue, req);
-  else
-    g_queue_push_tail (&queue, req);
+  g_queue_push_tail (is_urgent ? &urgent_q : &bulk_q, req);
+  if (is_urgent)
+    pthread_cond_signal (&urgent_work);
   pthread_cond_signal (&work);
   return req;
 }
@@ -799,7 +872,8 @@ wait_for (struct request *req, double t)
 static void
 withdraw (struct request *req)
 {
-  if (!req->done && req->conn == NULL && g_queue_remove (&queue, req))
+  if (!req->done && req->conn == NULL &&
+      g_queue_remove (req->urgent ? &urgent_q : &bulk_q, req))
     unref (req);                 /* the queue's reference */
   unref (req);                   /* ours */
 }
