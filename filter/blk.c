@@ -473,6 +473,7 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
 {
   uint64_t b0 = offset / blk_size, b1 = (offset + count - 1) / blk_size;
   uint64_t first[MAX_RUNS], n[MAX_RUNS], b, maxlen = 0;
+  double limit = deadline + (UPSTREAM_SLOW_FACTOR - 1) * cfg.timeout;
   size_t runs, i;
   bool waiting;
   void *buf;
@@ -524,7 +525,7 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
        * than the timeout, and that is no reason to fail.
        */
       if (!in_time)
-        deadline = MAX (deadline, upstream_progress_deadline ());
+        deadline = MIN (limit, MAX (deadline, upstream_progress_deadline ()));
       if (!in_time && state_now () >= deadline)
         return timed_out (b0, err);
       continue;
@@ -567,6 +568,7 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
       return -1;
     /* Progress: a long request (a 4G cache) gets the timeout again. */
     deadline = MAX (deadline, state_now () + cfg.timeout);
+    limit = deadline + (UPSTREAM_SLOW_FACTOR - 1) * cfg.timeout;
   }
 }
 
@@ -671,6 +673,7 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
         bool flag, int *err)
 {
   double deadline = state_now () + cfg.timeout;
+  double limit = deadline + (UPSTREAM_SLOW_FACTOR - 1) * cfg.timeout;
   uint64_t b0 = offset / blk_size, b1 = (offset + count - 1) / blk_size;
   uint64_t end = offset + count, b;
   bool head_partial, tail_partial, head_absent, tail_absent;
@@ -685,7 +688,7 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
     if (is_busy (b)) {
       if (!wait_changed (deadline)) {
         /* Slow, not stuck? */
-        deadline = MAX (deadline, upstream_progress_deadline ());
+        deadline = MIN (limit, MAX (deadline, upstream_progress_deadline ()));
         if (state_now () < deadline)
           goto again;
         pthread_mutex_unlock (&lock);

@@ -4,13 +4,13 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <glib.h>
@@ -24,6 +24,25 @@ struct fdino {
   ino_t ino;
 };
 
+/* The inode of the socket fd is, or 0 if it is not a socket.  From
+ * its /proc link ("socket:[INODE]"): never touches a file, which on a
+ * hung network mount could block.
+ */
+static ino_t
+socket_inode (int fd)
+{
+  char path[64], link[64];
+  unsigned long long ino;
+  ssize_t len;
+
+  snprintf (path, sizeof path, "/proc/self/fd/%d", fd);
+  len = readlink (path, link, sizeof link - 1);
+  if (len <= 0)
+    return 0;
+  link[len] = '\0';
+  return sscanf (link, "socket:[%llu]", &ino) == 1 ? (ino_t) ino : 0;
+}
+
 /* Every socket descriptor of the process now. */
 static GArray *
 list_sockets (void)
@@ -36,15 +55,13 @@ list_sockets (void)
     return a;
   while ((e = readdir (d)) != NULL) {
     struct fdino x;
-    struct stat st;
     char *end;
     long fd = strtol (e->d_name, &end, 10);
 
     if (end == e->d_name || *end || fd == dirfd (d) ||
-        fstat (fd, &st) == -1 || !S_ISSOCK (st.st_mode))
+        (x.ino = socket_inode (fd)) == 0)
       continue;
     x.fd = fd;
-    x.ino = st.st_ino;
     g_array_append_val (a, x);
   }
   closedir (d);
@@ -113,12 +130,16 @@ sock_new_since (GArray *before, struct sock_set *out)
   out->n = 0;
   for (i = 0; i < now->len && out->n < SOCK_MAX; ++i) {
     const struct fdino *x = &g_array_index (now, struct fdino, i);
-    struct sockaddr_storage peer;
-    socklen_t len = sizeof peer;
+    int type = 0;
+    socklen_t len = sizeof type;
     bool client = false;
 
+    /* A stream socket, connected or still connecting (a SYN that gets
+     * no answer: shutting it down ends the connect).
+     */
     if (has_inode (before, x->ino) || is_listener (x->fd) ||
-        getpeername (x->fd, (struct sockaddr *) &peer, &len) == -1)
+        getsockopt (x->fd, SOL_SOCKET, SO_TYPE, &type, &len) == -1 ||
+        type != SOCK_STREAM)
       continue;
     for (j = 0; j < now->len && !client; ++j) {
       int l = g_array_index (now, struct fdino, j).fd;
@@ -131,14 +152,22 @@ sock_new_since (GArray *before, struct sock_set *out)
   }
 }
 
+bool
+sock_set_has (const struct sock_set *s, ino_t ino)
+{
+  unsigned i;
+
+  for (i = 0; i < s->n; ++i)
+    if (s->ino[i] == ino)
+      return true;
+  return false;
+}
+
 /* Is the i-th socket of s still the one it was? */
 static bool
 same (const struct sock_set *s, unsigned i)
 {
-  struct stat st;
-
-  return fstat (s->fd[i], &st) == 0 && S_ISSOCK (st.st_mode) &&
-    st.st_ino == s->ino[i];
+  return socket_inode (s->fd[i]) == s->ino[i];
 }
 
 static bool
@@ -155,11 +184,13 @@ is_tcp (int fd)
 void
 sock_keepalive (const struct sock_set *s, unsigned timeout)
 {
-  /* Probes from timeout/2 of silence, 3 of them timeout/6 apart; data
-   * sent and not acknowledged for timeout ends the connection too.
+  /* Probes from timeout/2 of silence, 3 of them timeout/6 apart (the
+   * kernel takes at most 32767 s); data sent and not acknowledged for
+   * timeout ends the connection too.
    */
-  int on = 1, idle = MAX (1, timeout / 2), intvl = MAX (1, timeout / 6);
-  int cnt = 3;
+  int on = 1, cnt = 3;
+  int idle = MIN (32767, MAX (1, timeout / 2));
+  int intvl = MIN (32767, MAX (1, timeout / 6));
   unsigned user = timeout * 1000;
   unsigned i;
 
@@ -169,9 +200,11 @@ sock_keepalive (const struct sock_set *s, unsigned timeout)
     if (setsockopt (s->fd[i], SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) == -1 ||
         setsockopt (s->fd[i], IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) == -1 ||
         setsockopt (s->fd[i], IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl) == -1 ||
-        setsockopt (s->fd[i], IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt) == -1 ||
-        setsockopt (s->fd[i], IPPROTO_TCP, TCP_USER_TIMEOUT, &user, sizeof user) == -1)
+        setsockopt (s->fd[i], IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt) == -1)
       nbdkit_debug ("relocate: keepalive on the source's socket: %m");
+    if (setsockopt (s->fd[i], IPPROTO_TCP, TCP_USER_TIMEOUT, &user,
+                    sizeof user) == -1)
+      nbdkit_debug ("relocate: user timeout on the source's socket: %m");
   }
 }
 

@@ -28,10 +28,14 @@ struct sock_set {
 /* The process's sockets now (inodes), for sock_new_since. */
 GArray *sock_snapshot (void);
 
-/* The connected sockets that are not in before, nor accepted by one of
- * this process's listeners (a client's): the ones an open made.
+/* The stream sockets (connected or connecting) that are not in before,
+ * nor listeners, nor accepted by one of this process's listeners (a
+ * client's): the ones an open made.
  */
 void sock_new_since (GArray *before, struct sock_set *out);
+
+/* Is the socket with inode ino one of s? */
+bool sock_set_has (const struct sock_set *s, ino_t ino);
 
 /* TCP keepalive and user timeout on the TCP ones: a peer that vanished
  * is found within about timeout seconds, even on an idle connection.

@@ -22,6 +22,9 @@
 #define MAX_ABANDONED 8          /* connections beyond relocate-connections */
 #define REJECT_TRIES 3           /* a rejected request is tried this often */
 #define CHECK_SECONDS 0.2        /* how often the supervisor looks */
+/* A request that receives data is not stuck, but it is given up after
+ * UPSTREAM_SLOW_FACTOR x relocate-timeout all the same (upstream.h).
+ */
 
 /* A connection: one context on the nbd plugin and its threads. */
 enum conn_state {
@@ -44,6 +47,7 @@ struct conn {
   double stuck_since;            /* when it was abandoned */
   bool cut;                      /* its sockets are shut down both ways */
   bool lane;                     /* carries only clients' requests */
+  bool closing;                  /* free_conn is closing its context */
 };
 
 /* A request, owned by its caller and by the connection that carries it
@@ -199,20 +203,6 @@ source_answers (void)
   wake_all ();
 }
 
-/* Connections up or opening; caller holds lock. */
-static unsigned
-count_usable (void)
-{
-  unsigned n = 0;
-  guint i;
-
-  for (i = 0; i < conns->len; ++i) {
-    enum conn_state st = ((struct conn *) g_ptr_array_index (conns, i))->state;
-    n += st == CONN_UP || st == CONN_OPENING;
-  }
-  return n;
-}
-
 /* Was err a failure of the connection rather than of the request? */
 static bool
 connection_error (int err)
@@ -226,6 +216,8 @@ connection_error (int err)
     return false;
   }
 }
+
+static void new_sockets (struct conn *c);
 
 /* Start fn (arg) on a thread of its own; caller holds lock. */
 static int
@@ -302,6 +294,7 @@ free_conn (struct conn *c)
   if (c->next) {
     if (c->state == CONN_UP)
       c->state = CONN_BROKEN;
+    c->closing = true;           /* its sockets go: cut () keeps off */
     pthread_mutex_unlock (&lock);
     if (complete)
       say_complete (c->next);
@@ -356,8 +349,8 @@ execute (struct conn *c, struct request *req)
     err = ECONNRESET;
   pthread_mutex_lock (&lock);
   g_queue_remove (&c->active, req);
-  if (c->state == CONN_STUCK)
-    source_answers ();
+  if (c->state == CONN_STUCK && r == 0)
+    source_answers ();             /* not the error a cut (c) caused */
   if (r == 0 && req->op == OP_PREAD) {
     double took = state_now () - req->started;
     c->good_offset = req->offset;
@@ -484,16 +477,14 @@ opener (void *arg)
   int64_t size = -1;
   int ext = 0;
   nbdkit_next *n = open_context (&size, &minimum, &maximum, &ext);
-  struct sock_set socks = { 0 };
   unsigned i;
 
-  /* Opens happen one at a time: the sockets that appeared since are
-   * this connection's.
-   */
-  if (n)
-    sock_new_since (c->before, &socks);
   pthread_mutex_lock (&lock);
-  c->socks = socks;
+  /* Opens happen one at a time: the sockets that appeared since, and
+   * are no other connection's, are this one's.
+   */
+  if (n && c->state == CONN_OPENING)
+    new_sockets (c);
   if (n && expected_size && (uint64_t) size != expected_size) {
     nbdkit_error ("relocate: the source now has size %" PRIi64 ", not %"
                   PRIu64 ": refusing it, serving only present blocks",
@@ -507,13 +498,12 @@ opener (void *arg)
     n = NULL;
   }
   /* An open abandoned for its slowness that succeeds after all: the
-   * source answers again, so the connection is as good as a new one.
+   * source answers again (try again at once), but this one is closed:
+   * other opens have begun since, and its sockets cannot be told from
+   * theirs.
    */
-  if (n && c->state == CONN_STUCK) {
+  if (n && c->state == CONN_STUCK)
     source_answers ();
-    if (!stopping && !detached && count_usable () < cfg.connections)
-      c->state = CONN_OPENING;
-  }
   if (n && c->state == CONN_OPENING && !stopping && !detached) {
     c->next = n;
     c->size = size;
@@ -587,6 +577,32 @@ count_locked (unsigned *up, unsigned *opening, unsigned *stuck)
   }
 }
 
+/* The sockets that appeared since c began to open and are no other
+ * connection's.  Caller holds lock.
+ */
+static void
+new_sockets (struct conn *c)
+{
+  struct sock_set found;
+  guint i;
+  unsigned j;
+
+  sock_new_since (c->before, &found);
+  c->socks.n = 0;
+  for (j = 0; j < found.n; ++j) {
+    bool other = false;
+    for (i = 0; i < conns->len && !other; ++i) {
+      struct conn *o = g_ptr_array_index (conns, i);
+      if (o != c)
+        other = sock_set_has (&o->socks, found.ino[j]);
+    }
+    if (!other) {
+      c->socks.fd[c->socks.n] = found.fd[j];
+      c->socks.ino[c->socks.n++] = found.ino[j];
+    }
+  }
+}
+
 /* Shut down c's sockets both ways: its threads, blocked in the plugin
  * on a source that vanished, get an error and let go.  An open that
  * has not finished has not told its sockets yet: they are the ones
@@ -595,8 +611,10 @@ count_locked (unsigned *up, unsigned *opening, unsigned *stuck)
 static void
 cut (struct conn *c)
 {
+  if (c->closing)
+    return;
   if (c->state == CONN_OPENING)
-    sock_new_since (c->before, &c->socks);
+    new_sockets (c);
   sock_shutdown (&c->socks, SHUT_RDWR);
   c->cut = true;
 }
@@ -639,7 +657,9 @@ abandon_overdue (double now)
       backoff = MIN (backoff * 2, MAX_BACKOFF);
     }
     else if (c->state == CONN_UP && oldest &&
-             now - oldest->started >= cfg.timeout && receiving (c) != 1) {
+             now - oldest->started >= cfg.timeout &&
+             (receiving (c) != 1 ||
+              now - oldest->started >= UPSTREAM_SLOW_FACTOR * cfg.timeout)) {
       c->state = CONN_STUCK;
       c->stuck_since = now;
       sock_shutdown (&c->socks, SHUT_WR);
@@ -722,7 +742,9 @@ upstream_connect_once (nbdkit_backend *b, int64_t *size)
     return 0;
   }
   if (c && g_ptr_array_find (conns, c, NULL) && c->state == CONN_OPENING) {
+    cut (c);
     c->state = CONN_STUCK;
+    c->stuck_since = state_now ();
     set_error ("the source did not complete the handshake in %u s",
                cfg.timeout);
   }
@@ -900,6 +922,7 @@ pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
                       MAX (expected_size, offset + count));
   g_autofree struct piece *p = NULL;
   size_t n = (end - start + max_request - 1) / max_request, i, left;
+  double limit = deadline + (UPSTREAM_SLOW_FACTOR - 1) * cfg.timeout;
   int r = 0;
 
   p = g_new0 (struct piece, n);
@@ -921,7 +944,7 @@ pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
         continue;
       if (!wait_for (req, next_try)) {
         if (state_now () >= deadline)   /* slow, not stuck? */
-          deadline = MAX (deadline, progress_deadline ());
+          deadline = MIN (limit, MAX (deadline, progress_deadline ()));
         if (stopping || giving_up || state_now () >= deadline) {
           *err = EIO;
           r = -1;

@@ -79,6 +79,11 @@ void upstream_detach (void);
  */
 uint32_t upstream_request_limit (uint32_t block, uint32_t most);
 
+/* A wait for the source that follows its progress still ends this
+ * many times relocate-timeout after it began.
+ */
+#define UPSTREAM_SLOW_FACTOR 4
+
 /* relocate-timeout after data last arrived from the source over TCP
  * (0 if no connection can tell): a wait for the source may go on until
  * then, since a slow link is not a stuck one.
