@@ -430,7 +430,7 @@ tconf "$tmp/b10.conf" "$tmp/rootB" localhost "$pr" "insecure = yes"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b10.conf migrate_in vm10 "$tmp/vm10.xml" "$tmp/b10.xml" || fail "A -> B (vm10, insecure)"
 grep -q "<source protocol=\"nbd\" name=\"disk1\" tls=\"no\">" "$tmp/b10.xml" ||
     fail "insecure: the XML does not say tls='no': $(grep '<source' "$tmp/b10.xml")"
-grep -q "domain 'vm10' disk vda: WARNING: insecure = yes: its server has no TLS and no authentication: whoever reaches 127.0.0.1:[0-9]* reads and writes the guest's disk" "$tmp/rootB/hook.log" ||
+grep -q "domain 'vm10' disk vda: WARNING: its server has no TLS and no authentication (planned with insecure = yes, or by a version without TLS): whoever reaches 127.0.0.1:[0-9]* reads and writes the guest's disk" "$tmp/rootB/hook.log" ||
     fail "no warning for insecure = yes: $(grep vm10 "$tmp/rootB/hook.log")"
 $NBDIO compare "nbd://$(host_of "$tmp/b10.xml")/disk1" "$tmp/a.img" || fail "insecure: a plain client cannot read"
 NBDKIT_RELOCATE_HOOK_CONF=$tmp/b10.conf "$HOOK" vm10 release end - < "$tmp/b10.xml" || fail "release end (vm10)"

@@ -82,6 +82,17 @@ def _finite(value):
     return v if math.isfinite(v) else None
 
 
+def _is_address(name):
+    """Is name an IPv4 or IPv6 address, not a host name?"""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
 def is_loopback(name):
     """Does the host name or address name every host (localhost)?"""
     return (name.split(".")[0] == "localhost" or name == "::1" or
@@ -124,8 +135,9 @@ class Config:
 
     def listen_address(self):
         """The address the relocation servers listen on: listen, else
-        the first address serve_name resolves to here (a ValueError
-        saying so if it resolves to none)."""
+        the first address serve_name resolves to here.  A ValueError
+        saying why if it resolves to none, or if a name resolves to a
+        loopback address, which other hosts cannot reach."""
         if self["listen"].strip():
             return self["listen"].strip()
         name = self.serve_name()
@@ -135,7 +147,14 @@ class Config:
             raise ValueError("listen is empty and serve_name %r does not "
                              "resolve here (%s): set listen to the address "
                              "to serve on" % (name, e)) from None
-        return infos[0][4][0]
+        addr = infos[0][4][0]
+        if is_loopback(addr) and not _is_address(name):
+            raise ValueError("listen is empty and serve_name %r resolves to "
+                             "%s here, which other hosts cannot reach (a "
+                             "host's own name in Debian's /etc/hosts is "
+                             "127.0.1.1): set listen to this host's address "
+                             "on the hosts' network" % (name, addr))
+        return addr
 
     def server_tls(self):
         """Do the relocation servers require TLS (serve = tcp without

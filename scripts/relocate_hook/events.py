@@ -199,10 +199,11 @@ def _start(cfg, name, ddisk, rel, ident):
         (name, rel["target"], "resumed" if resumed else "started",
          state.served_at(rel)))
     if rel["serve"] == "tcp" and not rel.get("tls"):
-        log("domain %r disk %s: WARNING: insecure = yes: its server has no "
-            "TLS and no authentication: whoever reaches %s:%s reads and "
-            "writes the guest's disk" % (name, rel["target"],
-                                         cfg.listen_address(), rel["port"]))
+        log("domain %r disk %s: WARNING: its server has no TLS and no "
+            "authentication (planned with insecure = yes, or by a version "
+            "without TLS): whoever reaches %s:%s reads and writes the "
+            "guest's disk" % (name, rel["target"],
+                              server.listen_address(cfg, rel), rel["port"]))
     return None
 
 

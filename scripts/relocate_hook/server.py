@@ -234,6 +234,12 @@ def filter_supports(cfg, param):
 
 # ---- starting ----
 
+def listen_address(cfg, rel):
+    """The address rel's server listens on: the one planned with it
+    (looked up once), else (an earlier version's record) hook.conf's."""
+    return rel.get("listen") or cfg.listen_address()
+
+
 def nbdkit_args(cfg, rel, standby_param):
     """nbdkit's command line for a relocation (standby_param: the filter
     has relocate-standby-timeout)."""
@@ -241,7 +247,7 @@ def nbdkit_args(cfg, rel, standby_param):
     # In the foreground, under its keeper, which it never outlives.
     args = [cfg["nbdkit"], "-f", "--exit-with-parent", "--log=stderr"]
     if rel["serve"] == "tcp":
-        args += ["-p", str(rel["port"]), "-i", cfg.listen_address()]
+        args += ["-p", str(rel["port"]), "-i", listen_address(cfg, rel)]
     else:
         args += ["-U", rel["socket"]]
     if rel.get("tls"):
@@ -317,8 +323,8 @@ def _connects(cfg, rel):
     """Does the server accept a connection at its address?"""
     try:
         if rel["serve"] == "tcp":
-            s = socket.create_connection((cfg.listen_address(), rel["port"]),
-                                         timeout=2)
+            s = socket.create_connection((listen_address(cfg, rel),
+                                          rel["port"]), timeout=2)
         else:
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(2)

@@ -220,8 +220,9 @@ def pick_port(cfg, bindable=_bindable):
              if holds_port(d, r, cfg.days("plan_days"))}
     ports = [p for p in range(first, last + 1) if p not in taken]
     random.shuffle(ports)
+    listen = cfg.listen_address()
     for p in ports:
-        if bindable(cfg.listen_address(), p):
+        if bindable(listen, p):
             return p
     return None
 
@@ -248,12 +249,17 @@ def plan(cfg, name, ddir, target, src, gid=None, tls_dir=None):
         rel["tls_dir"] = tls_dir
     if cfg["serve"] == "tcp":
         with ports_lock(cfg):
-            p = pick_port(cfg)
+            try:
+                listen = cfg.listen_address()      # looked up once
+                p = pick_port(cfg)
+            except ValueError as e:
+                log("domain %r disk %s: %s: left alone" % (name, target, e))
+                return None
             if p is None:
                 log("domain %r disk %s: no free port in ports = %s: left "
                     "alone" % (name, target, cfg["ports"]))
                 return None
-            rel.update(serve_name=cfg.serve_name(), port=p)
+            rel.update(serve_name=cfg.serve_name(), port=p, listen=listen)
             write_json(os.path.join(ddisk, "relocation.json"), rel)
     else:
         rel["socket"] = os.path.join(ddisk, "nbd.sock")

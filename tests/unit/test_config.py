@@ -2,6 +2,7 @@
 
 import configparser
 import os
+import socket
 import unittest
 from unittest import mock
 
@@ -127,6 +128,19 @@ class Listen(hooktest.TempDirTest):
         cfg = self.config(listen="", serve_name="127.0.0.2")
         self.assertIsNone(cfg.refusal())
         self.assertEqual(cfg.listen_address(), "127.0.0.2")
+
+    def test_serve_name_loopback(self):
+        """listen empty and serve_name a name that resolves to a loopback
+        address here (Debian's 127.0.1.1 for the host's own name):
+        refused, naming both; an address given as serve_name is taken
+        as meant."""
+        fake = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.1.1", 0))]
+        with mock.patch("socket.getaddrinfo", return_value=fake):
+            why = self.config(listen="", serve_name="host-b").refusal()
+        self.assertTrue(why.startswith("listen is empty and serve_name "
+                                       "'host-b' resolves to 127.0.1.1 here"),
+                        why)
+        self.assertNotIn("\n", why)
 
     def test_serve_name_unresolved(self):
         """listen empty and serve_name resolving to nothing: refused,

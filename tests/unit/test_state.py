@@ -277,14 +277,15 @@ class Plan(hooktest.TempDirTest):
         self.assertIn(rel.get("port"), range(20000, 20010))
         self.assertPlanned(rel, self.expected(
             serve="tcp", serve_name="host-b.example.org", port=rel["port"],
-            tls=True, tls_dir="/etc/pki/qemu"))
+            listen="127.0.0.1", tls=True, tls_dir="/etc/pki/qemu"))
 
     def test_tcp_insecure(self):
         """insecure = yes: no TLS, and no directory of certificates."""
         rel = self.plan(serve="tcp", insecure="yes", listen="127.0.0.1",
                         ports="20000-20009")
         self.assertPlanned(rel, self.expected(
-            serve="tcp", serve_name="this-host", port=rel["port"]))
+            serve="tcp", serve_name="this-host", port=rel["port"],
+            listen="127.0.0.1"))
 
     def test_tls_source(self):
         """A source that uses TLS: nbds:// in the record, and the
