@@ -631,12 +631,15 @@ receiving (struct conn *c)
 }
 
 /* Abandon connections that overstay relocate-timeout: an open that has
- * not finished, or one whose oldest request has had no reply in that
- * time while no data arrived on it either (a slow link that delivers
- * steadily is not stuck).  An abandoned open is cut at once; an
- * abandoned connection first gets a FIN (a source that was only
- * paused then sends its replies and closes cleanly), and is cut after
- * another relocate-timeout.  Caller holds lock.
+ * not finished (it is cut: no reply can be in flight), or one whose
+ * oldest request has had no reply in that time while no data arrived
+ * on it either (a slow link that delivers steadily is not stuck), or
+ * none in UPSTREAM_SLOW_FACTOR times that.  An abandoned connection is
+ * kept: a source that was only paused answers it later (and nbdkit
+ * before 1.33.10 as the source may abort if it is closed with replies
+ * in flight); over TCP, keepalive and the user timeout end it if the
+ * peer is gone, and make_room cuts the oldest when there is no room
+ * for a new one.  Caller holds lock.
  */
 static void
 abandon_overdue (double now)
@@ -662,14 +665,34 @@ abandon_overdue (double now)
               now - oldest->started >= UPSTREAM_SLOW_FACTOR * cfg.timeout)) {
       c->state = CONN_STUCK;
       c->stuck_since = now;
-      sock_shutdown (&c->socks, SHUT_WR);
       set_error ("no reply from the source in %u s: abandoned a connection",
                  cfg.timeout);
       wake_all ();                   /* its idle threads go */
     }
-    else if (c->state == CONN_STUCK && !c->cut &&
-             now - c->stuck_since >= cfg.timeout)
-      cut (c);
+  }
+}
+
+/* relocate-connections + MAX_ABANDONED connections exist: cut the
+ * oldest abandoned one not cut yet, so that it goes and a new one can
+ * be opened (hung connections bound memory, never progress).  Caller
+ * holds lock.
+ */
+static void
+make_room (void)
+{
+  struct conn *oldest = NULL;
+  guint i;
+
+  for (i = 0; i < conns->len; ++i) {
+    struct conn *c = g_ptr_array_index (conns, i);
+    if (c->state == CONN_STUCK && !c->cut && !c->closing &&
+        (oldest == NULL || c->stuck_since < oldest->stuck_since))
+      oldest = c;
+  }
+  if (oldest) {
+    nbdkit_debug ("relocate: %u connections: the oldest abandoned one is "
+                  "shut down", conns->len);
+    cut (oldest);
   }
 }
 
@@ -702,10 +725,13 @@ supervisor (void *arg)
     /* One open at a time (sock.h), and never more than
      * relocate-connections + MAX_ABANDONED connections in all.
      */
-    if (!detached && up + opening < cfg.connections &&
-        up + opening + stuck < cfg.connections + MAX_ABANDONED &&
-        opening == 0 && now >= retry_at)
-      open_conn ();
+    if (!detached && up + opening < cfg.connections && opening == 0 &&
+        now >= retry_at) {
+      if (up + opening + stuck < cfg.connections + MAX_ABANDONED)
+        open_conn ();
+      else
+        make_room ();
+    }
     cond_wait_until (&changed, &lock, now + CHECK_SECONDS);
   }
   pthread_mutex_unlock (&lock);
