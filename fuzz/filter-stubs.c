@@ -46,6 +46,13 @@ int bgcopy_start_relocation (const char *why) { (void) why; return 0; }
 bool upstream_connected (void) { return false; }
 void upstream_reconnect (void) { }
 
+uint32_t
+upstream_request_limit (uint32_t block, uint32_t most)
+{
+  (void) block;
+  return most;
+}
+
 void
 upstream_counts (unsigned *up, unsigned *wanted, unsigned *abandoned)
 {
