@@ -227,11 +227,11 @@ sock_quiet_ms (const struct sock_set *s)
 }
 
 void
-sock_shutdown (const struct sock_set *s, int how)
+sock_shutdown (const struct sock_set *s)
 {
   unsigned i;
 
   for (i = 0; i < s->n; ++i)
-    if (same (s, i) && shutdown (s->fd[i], how) == -1 && errno != ENOTCONN)
+    if (same (s, i) && shutdown (s->fd[i], SHUT_RDWR) == -1 && errno != ENOTCONN)
       nbdkit_debug ("relocate: shutdown of the source's socket: %m");
 }

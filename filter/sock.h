@@ -47,7 +47,9 @@ void sock_keepalive (const struct sock_set *s, unsigned timeout);
  */
 int64_t sock_quiet_ms (const struct sock_set *s);
 
-/* shutdown (how) on each one that is still the same socket. */
-void sock_shutdown (const struct sock_set *s, int how);
+/* Shut down both ways each one that is still the same socket: a thread
+ * blocked on it gets an error.
+ */
+void sock_shutdown (const struct sock_set *s);
 
 #endif /* RELOCATE_SOCK_H */

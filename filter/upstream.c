@@ -22,9 +22,6 @@
 #define MAX_ABANDONED 8          /* connections beyond relocate-connections */
 #define REJECT_TRIES 3           /* a rejected request is tried this often */
 #define CHECK_SECONDS 0.2        /* how often the supervisor looks */
-/* A request that receives data is not stuck, but it is given up after
- * UPSTREAM_SLOW_FACTOR x relocate-timeout all the same (upstream.h).
- */
 
 /* A connection: one context on the nbd plugin and its threads. */
 enum conn_state {
@@ -615,7 +612,7 @@ cut (struct conn *c)
     return;
   if (c->state == CONN_OPENING)
     new_sockets (c);
-  sock_shutdown (&c->socks, SHUT_RDWR);
+  sock_shutdown (&c->socks);
   c->cut = true;
 }
 
