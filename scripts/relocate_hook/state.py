@@ -212,15 +212,16 @@ def port_taken(cfg, ddisk, rel):
     return None
 
 
-def pick_port(cfg, bindable=_bindable):
+def pick_port(cfg, bindable=_bindable, listen=None):
     """A port of cfg's range that no incomplete relocation here was given
-    and that can be bound now, or None.  (Call with the ports lock held.)"""
+    and that can be bound now on listen (default: hook.conf's address),
+    or None.  (Call with the ports lock held.)"""
     first, last = cfg.port_range()
     taken = {int(r.get("port", 0)) for d, r in relocations(cfg["state_root"])
              if holds_port(d, r, cfg.days("plan_days"))}
     ports = [p for p in range(first, last + 1) if p not in taken]
     random.shuffle(ports)
-    listen = cfg.listen_address()
+    listen = listen or cfg.listen_address()
     for p in ports:
         if bindable(listen, p):
             return p
@@ -251,7 +252,7 @@ def plan(cfg, name, ddir, target, src, gid=None, tls_dir=None):
         with ports_lock(cfg):
             try:
                 listen = cfg.listen_address()      # looked up once
-                p = pick_port(cfg)
+                p = pick_port(cfg, listen=listen)
             except ValueError as e:
                 log("domain %r disk %s: %s: left alone" % (name, target, e))
                 return None
