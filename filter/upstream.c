@@ -45,6 +45,7 @@ struct conn {
   bool cut;                      /* its sockets are shut down both ways */
   bool lane;                     /* carries only clients' requests */
   bool closing;                  /* free_conn is closing its context */
+  double closing_since;
 };
 
 /* A request, owned by its caller and by the connection that carries it
@@ -292,6 +293,7 @@ free_conn (struct conn *c)
     if (c->state == CONN_UP)
       c->state = CONN_BROKEN;
     c->closing = true;           /* its sockets go: cut () keeps off */
+    c->closing_since = state_now ();
     pthread_mutex_unlock (&lock);
     if (complete)
       say_complete (c->next);
@@ -636,7 +638,9 @@ receiving (struct conn *c)
  * before 1.33.10 as the source may abort if it is closed with replies
  * in flight); over TCP, keepalive and the user timeout end it if the
  * peer is gone, and make_room cuts the oldest when there is no room
- * for a new one.  Caller holds lock.
+ * for a new one.  One already failed or told to go (CONN_BROKEN, by
+ * relocatectl reconnect) is cut at once, and so is one whose clean
+ * disconnect has not ended in that time.  Caller holds lock.
  */
 static void
 abandon_overdue (double now)
@@ -647,7 +651,15 @@ abandon_overdue (double now)
     struct conn *c = g_ptr_array_index (conns, i);
     struct request *oldest = g_queue_peek_head (&c->active);
 
-    if (c->state == CONN_OPENING && now - c->since >= cfg.timeout) {
+    if (c->closing && !c->cut && now - c->closing_since >= cfg.timeout) {
+      /* A clean disconnect that the source never ends (the nbd plugin
+       * waits for it to close): its sockets are still open, and shut
+       * down now.
+       */
+      sock_shutdown (&c->socks);
+      c->cut = true;
+    }
+    else if (c->state == CONN_OPENING && now - c->since >= cfg.timeout) {
       cut (c);
       c->state = CONN_STUCK;
       c->stuck_since = now;
@@ -656,10 +668,12 @@ abandon_overdue (double now)
       retry_at = now + backoff;
       backoff = MIN (backoff * 2, MAX_BACKOFF);
     }
-    else if (c->state == CONN_UP && oldest &&
+    else if ((c->state == CONN_UP || c->state == CONN_BROKEN) && oldest &&
              now - oldest->started >= cfg.timeout &&
              (receiving (c) != 1 ||
               now - oldest->started >= UPSTREAM_SLOW_FACTOR * cfg.timeout)) {
+      if (c->state == CONN_BROKEN)
+        cut (c);                     /* going anyway: waited long enough */
       c->state = CONN_STUCK;
       c->stuck_since = now;
       set_error ("no reply from the source in %u s: abandoned a connection",
@@ -708,11 +722,15 @@ supervisor (void *arg)
     abandon_overdue (now);
     if (reconnect_now) {
       reconnect_now = false;
+      /* A healthy one finishes its requests and is closed cleanly;
+       * one that hangs (or is still opening) is cut.
+       */
       for (i = 0; i < conns->len; ++i) {
         struct conn *c = g_ptr_array_index (conns, i);
-        cut (c);                 /* every one: hung ones too */
         if (c->state == CONN_UP)
           c->state = CONN_BROKEN;
+        else
+          cut (c);
       }
       retry_at = now;
       backoff = 1;

@@ -90,8 +90,8 @@ uint32_t upstream_request_limit (uint32_t block, uint32_t most);
  */
 double upstream_progress_deadline (void);
 
-/* Drop every connection now, hung ones too, and reopen them
- * (relocatectl reconnect).
+/* Replace every connection (relocatectl reconnect): a healthy one
+ * finishes its requests and is closed, one that hangs is cut.
  */
 void upstream_reconnect (void);
 
