@@ -16,7 +16,7 @@ packages=(
     gcc make autoconf automake libtool pkg-config perl
     nbdkit nbdkit-plugin-dev libnbd-dev libglib2.0-dev
     # tests and demo
-    libnbd-bin python3-libnbd util-linux bsdutils procps bc gnutls-bin
+    libnbd-bin python3-libnbd util-linux bsdutils procps bc gnutls-bin iptables iproute2
 )
 case "${1:-}" in
     tests|ci)
