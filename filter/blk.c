@@ -26,12 +26,21 @@
  */
 #define DIRECT_ALIGN 4096
 
-/* lock protects the bitmap's bits and busy; changed is broadcast
- * whenever a block leaves the busy state.
+/* lock protects the bitmap's bits, busy and stealable; changed is
+ * broadcast whenever a block leaves the busy state.
  */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER; /* made monotonic */
 static uint64_t *busy;                  /* one bit per block */
+
+/* Busy blocks of a background fetch still waiting for the source: a
+ * client's read or write never waits behind one (a bulk reply can take
+ * a long time on a slow link).  It takes the block over instead, and
+ * fetches it itself; the background fetch, when its reply comes,
+ * leaves the blocks taken from it alone.  The source does not change
+ * while relocating, so both read the same data.
+ */
+static uint64_t *stealable;             /* one bit per block */
 
 /* Blocks the source rejects every time it is asked (a bad block):
  * not fetched again until relocatectl retry; client reads of them fail.
@@ -97,6 +106,35 @@ set_busy (uint64_t b, bool on)
 }
 
 static bool
+is_stealable (uint64_t b)
+{
+  return (stealable[b / 64] >> (b % 64)) & 1;
+}
+
+static void
+set_stealable (uint64_t b, bool on)
+{
+  if (on)
+    stealable[b / 64] |= UINT64_C (1) << (b % 64);
+  else
+    stealable[b / 64] &= ~(UINT64_C (1) << (b % 64));
+}
+
+/* A client's request meets busy block b: take it over if a background
+ * fetch waits for it (it stays busy, now the caller's).  Caller holds
+ * lock.
+ */
+static bool
+steal_locked (uint64_t b)
+{
+  if (!is_stealable (b))
+    return false;
+  set_stealable (b, false);
+  STAT_ADD (taken_over, 1);
+  return true;
+}
+
+static bool
 is_failed (uint64_t b)
 {
   return (failed[b / 64] >> (b % 64)) & 1;
@@ -143,7 +181,8 @@ blk_open (uint64_t new_size)
   all_durable = bitmap_durable_count () == blk_nblocks;
   busy = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
   failed = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
-  if (busy == NULL || failed == NULL) {
+  stealable = calloc (bitmap_bits_size (blk_nblocks) / 8 + 1, 8);
+  if (busy == NULL || failed == NULL || stealable == NULL) {
     nbdkit_error ("relocate: malloc: %m");
     return -1;
   }
@@ -156,7 +195,8 @@ blk_close (void)
   blkfile_close ();
   free (busy);
   free (failed);
-  busy = failed = NULL;
+  free (stealable);
+  busy = failed = stealable = NULL;
 }
 
 /* Bytes of the export covered by blocks [first, first+n). */
@@ -331,16 +371,18 @@ store_fetched (const char *buf, uint64_t first, uint64_t n)
   return 0;
 }
 
-/* Fetch and store a claimed run; on failure release it.  Returns 0,
- * -1, or UPSTREAM_REJECTED with the blocks the source rejects marked
- * failed (a run is retried block by block to find them).
+static int fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
+                      double deadline, int *err);
+
+/* Store a claimed run whose fetch ended with r (upstream_pread's
+ * result, buf holding its data); on failure release it.  Returns as
+ * fetch_run does.
  */
 static int
-fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
+store_run (int r, uint64_t first, uint64_t n, void *buf, bool background,
            double deadline, int *err)
 {
   uint64_t off = first * blk_size, len = run_bytes (first, n), b;
-  int r = upstream_pread (buf, len, off, deadline, background, err);
 
   if (r == UPSTREAM_REJECTED && n > 1) {
     for (b = first; b < first + n; ++b) {
@@ -384,6 +426,55 @@ fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
  fail:
   finish_run (first, n, false);
   return -1;
+}
+
+/* Fetch and store a claimed run; on failure release it.  Returns 0,
+ * -1, or UPSTREAM_REJECTED with the blocks the source rejects marked
+ * failed (a run is retried block by block to find them).  A background
+ * run lets clients take its blocks over while it waits for the source,
+ * and then stores only the blocks still its own.
+ */
+static int
+fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
+           double deadline, int *err)
+{
+  g_autofree bool *own = NULL;
+  uint64_t b, end;
+  int r, ret = 0, rs;
+
+  if (!background)
+    return store_run (upstream_pread (buf, run_bytes (first, n),
+                                      first * blk_size, deadline, false, err),
+                      first, n, buf, false, deadline, err);
+
+  pthread_mutex_lock (&lock);
+  for (b = first; b < first + n; ++b)
+    set_stealable (b, true);
+  pthread_mutex_unlock (&lock);
+  r = upstream_pread (buf, run_bytes (first, n), first * blk_size, deadline,
+                      true, err);
+  own = g_new (bool, n);
+  pthread_mutex_lock (&lock);
+  for (b = first; b < first + n; ++b) {
+    own[b - first] = is_stealable (b);
+    set_stealable (b, false);
+  }
+  pthread_mutex_unlock (&lock);
+
+  /* Each stretch of blocks still its own, as a run of its own. */
+  for (b = first; b < first + n; b = end) {
+    for (end = b; end < first + n && own[end - first] == own[b - first]; ++end)
+      ;
+    if (!own[b - first])
+      continue;
+    rs = store_run (r, b, end - b, (char *) buf + (b - first) * blk_size,
+                    true, deadline, err);
+    if (rs == -1)
+      ret = -1;
+    else if (rs == UPSTREAM_REJECTED && ret == 0)
+      ret = rs;
+  }
+  return ret;
 }
 
 int
@@ -497,7 +588,7 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
         *err = EIO;
         return -1;
       }
-      if (is_busy (b)) {
+      if (is_busy (b) && !steal_locked (b)) {
         waiting = true;
         continue;
       }
@@ -508,7 +599,7 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
         first[runs] = b;
         n[runs++] = 1;
       }
-      set_busy (b, true);
+      set_busy (b, true);        /* a block taken over is already */
     }
     if (runs == 0 && !waiting) {
       pthread_mutex_unlock (&lock);
@@ -663,10 +754,11 @@ local_op (enum op op, const void *buf, uint32_t count, uint64_t offset,
 
 /* Write, zero or trim [offset, offset+count) in the local file.
  *
- * Wait until no block of the range is busy, then own every absent
- * block of it.  An absent block only partly covered is fetched first
- * (its other bytes must keep the source's data).  Once the local file
- * is changed, the owned blocks become present.
+ * Wait until no block of the range is busy (a background fetch's is
+ * taken over, not waited for), then own every absent block of it.  An
+ * absent block only partly covered is fetched first (its other bytes
+ * must keep the source's data).  Once the local file is changed, the
+ * owned blocks become present.
  */
 static int
 modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
@@ -685,7 +777,7 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
   pthread_mutex_lock (&lock);
  again:
   for (b = b0; b <= b1; ++b) {
-    if (is_busy (b)) {
+    if (is_busy (b) && !is_stealable (b)) {
       if (!wait_changed (deadline)) {
         /* Slow, not stuck? */
         deadline = MIN (limit, MAX (deadline, upstream_progress_deadline ()));
@@ -698,8 +790,11 @@ modify (enum op op, const void *buf, uint32_t count, uint64_t offset,
     }
   }
   for (b = b0; b <= b1; ++b)
-    if (!bitmap_get (b))
+    if (!bitmap_get (b)) {
+      if (is_busy (b))
+        steal_locked (b);
       set_busy (b, true);
+    }
   head_absent = !bitmap_get (b0);
   tail_absent = !bitmap_get (b1);
   pthread_mutex_unlock (&lock);

@@ -5,6 +5,9 @@
  * thread that is fetching or writing it) or present.  Only the owner
  * of a busy block writes it, so a fetch can never overwrite a newer
  * client write, and two readers of one absent block fetch it once.
+ * A client never waits for the background copy's fetch: it takes the
+ * block over (fetching it itself), and the background copy then
+ * leaves it alone.
  * Blocks go absent -> busy -> present, or back to absent on failure;
  * a block the source rejects every time is marked failed.
  *

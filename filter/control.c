@@ -194,6 +194,8 @@ reply_status (GString *out)
   g_string_append_printf (out, ",\"written_bytes\":%" PRIu64, STAT_GET (written));
   g_string_append_printf (out, ",\"reader_flushes\":%" PRIu64,
                           STAT_GET (reader_flushes));
+  g_string_append_printf (out, ",\"blocks_taken_over\":%" PRIu64,
+                          STAT_GET (taken_over));
   g_string_append_printf (out, ",\"elapsed_seconds\":%.3f", elapsed);
   g_string_append_printf (out, ",\"current_bytes_per_second\":%.0f", current);
   g_string_append_printf (out, ",\"average_bytes_per_second\":%.0f",

@@ -30,6 +30,8 @@ struct stats {
   uint64_t written;            /* bytes written by clients */
   uint64_t reader_flushes;     /* flushes on connections that never
                                   wrote (this run) */
+  uint64_t taken_over;         /* blocks a client took over from the
+                                  background copy's fetch (this run) */
 };
 extern struct stats stats;
 
