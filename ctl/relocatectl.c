@@ -264,6 +264,8 @@ do_status (const char *path)
       *w = human (num (h, "written_bytes")),
       *r = human (num (h, "rate")),
       *pc = human (num (h, "pace_cap")),
+      *gs = human (num (h, "group_share")),
+      *gd = human (num (h, "group_demand")),
       *cur = human (num (h, "current_bytes_per_second")),
       *avg = human (num (h, "average_bytes_per_second")),
       *eta = format_eta (get (h, "eta_seconds"));
@@ -282,6 +284,10 @@ do_status (const char *path)
       printf ("rate cap:   %s/s\n", r);
     else
       printf ("rate cap:   unlimited\n");
+    if (num (h, "group_share") > 0)
+      printf ("rate group: %s/s, a share of the group's budget (%.0f "
+              "relocations copying; guests fetch %s/s)\n", gs,
+              num (h, "group_copying"), gd);
     if (num (h, "pace_cap") > 0)
       printf ("pacing:     %s/s while the guest flushes (its flushes "
               "%.2f x slower copying than held)\n", pc, num (h, "pace_ratio"));

@@ -19,6 +19,7 @@
 #include "bgcopy.h"
 #include "lock.h"
 #include "pace.h"
+#include "group.h"
 #include "blk.h"
 #include "blkfile.h"
 #include "upstream.h"
@@ -28,7 +29,10 @@ static pthread_cond_t kick = PTHREAD_COND_INITIALIZER; /* made monotonic */
 static bool stopping;
 static uint64_t cursor;             /* where the next claim starts */
 static uint64_t last_hint;          /* last demand hint acted on */
-static double rate_next_free;       /* token bucket: when the link is free */
+/* The rate cap's account: bytes sent beyond the cap, paid off at the
+ * cap in force (it changes: pacing, the rate group), as of debt_t.
+ */
+static double rate_debt, rate_debt_t;
 static unsigned inflight;           /* background fetches in progress */
 static uint64_t mapped_blocks;      /* blocks before this have had block status */
 
@@ -168,13 +172,19 @@ mapper (void *arg)
   return arg;
 }
 
-/* The tighter of the operator's rate cap and pacing's; 0 = none. */
+/* The tightest of the operator's rate cap, pacing's and the rate
+ * group's share; 0 = none.
+ */
 static uint64_t
 rate_cap (void)
 {
-  uint64_t r = state_rate (), p = pace_cap ();
+  uint64_t caps[] = { state_rate (), pace_cap (), group_cap () }, r = 0;
+  size_t i;
 
-  return r == 0 ? p : p == 0 ? r : MIN (r, p);
+  for (i = 0; i < G_N_ELEMENTS (caps); ++i)
+    if (caps[i] > 0)
+      r = r == 0 ? caps[i] : MIN (r, caps[i]);
+  return r;
 }
 
 /* How long a worker must wait before it may send a request: it
@@ -199,8 +209,11 @@ wait_ms_locked (void)
     return 500;
   t = state_now ();
   rate = rate_cap ();
-  if (rate > 0 && rate_next_free > t)
-    return MAX (1, (unsigned) ((rate_next_free - t) * 1000));
+  rate_debt = rate > 0 ? MAX (0, rate_debt - (t - rate_debt_t) * rate) : 0;
+  rate_debt_t = t;
+  /* Looked at again at least every 100 ms: a cap raised meanwhile. */
+  if (rate_debt > 0)
+    return MAX (1, MIN (100, (unsigned) (rate_debt / rate * 1000)));
   return 0;
 }
 
@@ -208,7 +221,7 @@ static void *
 worker (void *arg)
 {
   uint64_t max = MAX (1, cfg.request_size / blk_size);
-  uint64_t first, n, rate, fit;
+  uint64_t first, n, fit;
   void *buf = blk_alloc_buffer (max * blk_size);
   unsigned ms;
   bool claimed;
@@ -238,9 +251,8 @@ worker (void *arg)
       wait_kick (20);           /* the rest is busy, unmapped or present */
       continue;
     }
-    rate = rate_cap ();
-    if (rate > 0)
-      rate_next_free = MAX (state_now (), rate_next_free) + (double) n * blk_size / rate;
+    if (rate_cap () > 0)
+      rate_debt += (double) n * blk_size;
     inflight++;
     pthread_mutex_unlock (&lock);
 
@@ -301,6 +313,7 @@ complete (void)
     return;                     /* the coordinator tries again */
   upstream_detach ();
   state_set (STATE_COMPLETE);
+  group_close ();               /* its share goes to the others */
   notice ("%s complete: %" PRIu64 " bytes in %.1f s "
           "(%" PRIu64 " fetched on demand, %" PRIu64 " in background, "
           "%" PRIu64 " skipped as zero, %" PRIu64 " written by clients); "
@@ -353,6 +366,7 @@ coordinator (void *arg)
     nsamples = MIN (nsamples + 1, SAMPLES);
     pthread_mutex_unlock (&lock);
     pace_tick (relocating, running, idle);
+    group_tick (running, STAT_GET (fetched_demand));
     if (relocating) {
       blk_save_counters ();
       if (blk_present_blocks () == blk_nblocks)
@@ -445,13 +459,14 @@ bgcopy_stop (void)
     pthread_join (worker_threads[i], NULL);
   free (worker_threads);
   nworkers = 0;
+  group_close ();
 }
 
 void
 bgcopy_kick (void)
 {
   pthread_mutex_lock (&lock);
-  rate_next_free = 0;           /* a new rate applies from now */
+  rate_debt = 0;                /* a new rate applies from now */
   pthread_cond_broadcast (&kick);
   pthread_mutex_unlock (&lock);
 }

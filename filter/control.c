@@ -20,6 +20,7 @@
 #include "fileid.h"
 #include "params.h"
 #include "pace.h"
+#include "group.h"
 #include "state.h"
 #include "blk.h"
 #include "blkfile.h"
@@ -173,7 +174,8 @@ reply_status (GString *out)
   double gained = STAT_GET (fetched_demand) + STAT_GET (fetched_background) +
     STAT_GET (skipped_zero);
 
-  unsigned up, wanted, abandoned;
+  unsigned up, wanted, abandoned, group_copying;
+  uint64_t group_demand;
   uint64_t first_failed[8], nfailed;
   size_t nfirst, i;
 
@@ -215,6 +217,10 @@ reply_status (GString *out)
   g_string_append_printf (out, ",\"rate\":%" PRIu64, state_rate ());
   g_string_append_printf (out, ",\"pace_cap\":%" PRIu64, pace_cap ());
   g_string_append_printf (out, ",\"pace_ratio\":%.2f", pace_ratio ());
+  group_status (&group_copying, &group_demand);
+  g_string_append_printf (out, ",\"group_share\":%" PRIu64, group_cap ());
+  g_string_append_printf (out, ",\"group_copying\":%u", group_copying);
+  g_string_append_printf (out, ",\"group_demand\":%" PRIu64, group_demand);
   g_string_append_printf (out, ",\"upstream_connected\":%s",
                           up > 0 ? "true" : "false");
   g_string_append_printf (out, ",\"connections\":%u", up);

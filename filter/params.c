@@ -201,6 +201,10 @@ params_set (const char *key, const char *value)
     return parse_unsigned (key, value, 1, 3600, &cfg.sync_interval);
   if (strcmp (key, "relocate-rate") == 0)
     return parse_size (key, value, 0, INT64_MAX, &cfg.rate);
+  if (strcmp (key, "relocate-rate-group") == 0)
+    return parse_path (key, value, &cfg.rate_group);
+  if (strcmp (key, "relocate-rate-group-limit") == 0)
+    return parse_size (key, value, 1, INT64_MAX, &cfg.rate_group_limit);
   if (strcmp (key, "relocate-pace") == 0)
     return parse_pace (key, value, &cfg.pace);
   if (strcmp (key, "relocate-request-size") == 0)
@@ -234,6 +238,13 @@ params_complete (void)
   }
   if (cfg.bitmap == NULL)
     cfg.bitmap = g_strdup_printf ("%s.bitmap", cfg.file);
+  if ((cfg.rate_group == NULL) != (cfg.rate_group_limit == 0)) {
+    nbdkit_error ("%s is required with %s", cfg.rate_group ?
+                  "relocate-rate-group-limit" : "relocate-rate-group",
+                  cfg.rate_group ? "relocate-rate-group" :
+                  "relocate-rate-group-limit");
+    return -1;
+  }
   if (cfg.request_size < cfg.block_size)
     cfg.request_size = cfg.block_size;
   return 0;

@@ -27,6 +27,8 @@ struct config {
   unsigned connections;        /* relocate-connections */
   uint32_t request_size;       /* relocate-request-size */
   uint64_t rate;               /* relocate-rate, initial, 0 = unlimited */
+  const char *rate_group;      /* relocate-rate-group, absolute or NULL */
+  uint64_t rate_group_limit;   /* relocate-rate-group-limit, bytes/s */
   double pace;                 /* relocate-pace, 0 = off */
   uint32_t readahead;          /* relocate-readahead, max demand window */
   bool zero_detect;            /* relocate-zero-detect */
@@ -63,6 +65,8 @@ int params_complete (void);
   "relocate-connections=N     Connections to the source (default 4).\n" \
   "relocate-request-size=SIZE Background request size (default 4M).\n" \
   "relocate-rate=SIZE         Background bytes per second (0 = unlimited).\n" \
+  "relocate-rate-group=FILE   Share a budget with the relocations naming FILE.\n" \
+  "relocate-rate-group-limit=SIZE The group's bytes per second.\n" \
   "relocate-pace=FACTOR       Slow the copy while it makes the guest's\n" \
   "                           flushes this much slower (default 1.5, 0 = off).\n" \
   "relocate-readahead=SIZE    Max readahead for sequential reads (default 4M).\n" \

@@ -13,6 +13,7 @@
  *   vbitmap.c   its volatile twin, what survives a crash of the process
  *   drain.c     SIGTERM: let the clients' requests finish, then exit
  *   pace.c      pacing: slow the copy while it slows the guest's flushes
+ *   group.c     one bandwidth budget shared by a host's relocations
  *   state.c     life cycle, pause, rate, failure, counters
  *   params.c    the relocate-* parameters
  *
@@ -50,6 +51,7 @@
 #include "bgcopy.h"
 #include "control.h"
 #include "drain.h"
+#include "group.h"
 
 /* ---- Configuration and start-up ---- */
 
@@ -86,6 +88,9 @@ relocate_after_fork (nbdkit_backend *backend)
   int64_t size = -1;
   uint32_t flags;
 
+  /* The rate group's file first: before touching any of ours. */
+  if (group_open () == -1)
+    return -1;
   /* A new relocation needs the source's size.  A resumed one may start
    * without the source, not with a source that changed: check before
    * touching any file.
@@ -111,6 +116,7 @@ relocate_after_fork (nbdkit_backend *backend)
   flags = bitmap_info ()->flags;
   if (flags & BITMAP_FLAG_COMPLETE) {
     state_set (STATE_COMPLETE);
+    group_close ();             /* nothing to copy: no share */
     nbdkit_debug ("relocate: %s is complete; the source is not used",
                   cfg.file);
   }

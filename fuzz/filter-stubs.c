@@ -1,6 +1,6 @@
 /* Stand-ins for the filter files below control.c (params.c, blk.c,
- * blkfile.c, bgcopy.c, upstream.c; state.c and pace.c are linked as
- * they are) that it refers to, so that control.c links
+ * blkfile.c, bgcopy.c, upstream.c; state.c, pace.c and group.c are
+ * linked as they are) that it refers to, so that control.c links
  * unchanged into fuzz-control-line.  The fuzzer only calls the pure
  * parsers (control_parse, control_parse_size, control_json_string);
  * these stubs exist for the linker, and return harmless values should

@@ -103,6 +103,15 @@ expect_refusal "relocate-control $tmp/a/nodir/ctl.sock: directory $tmp/a/nodir i
 expect_refusal "relocate-control $tmp/a/disk.img: exists and is not a socket" \
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-control="$tmp/a/disk.img"
 
+# A rate group: both parameters or neither; its file must open.
+expect_refusal "relocate-rate-group-limit is required with relocate-rate-group" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-rate-group="$tmp/group"
+expect_refusal "relocate-rate-group is required with relocate-rate-group-limit" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-rate-group-limit=10M
+expect_refusal "relocate-rate-group: $tmp/a/nodir/group:" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-rate-group="$tmp/a/nodir/group" \
+    relocate-rate-group-limit=10M
+
 # An unwritable directory: missing, and (as an unprivileged user) read-only.
 expect_refusal "is not writable" \
     nbd "$src" relocate-file="$tmp/a/nodir/disk.img"

@@ -462,7 +462,7 @@ pb1=$(pid_in "$DB")
 migrate B A
 PA=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$DA/relocation.json")
 vA dumpxml "$DOM" | grep -q "<host name=.relocate-hosta. port=.$PA./>" ||
-    fail "QEMU on A does not use A's relocation server: $(vA dumpxml "$DOM" | grep -A4 '<disk')"
+    fail "QEMU on A does not use A's relocation server (port $PA in $DA/relocation.json): $(vA dumpxml "$DOM" | grep -A4 '<disk'); $DA: $(ls -la "$DA" 2>&1); A's hook.log: $(tail -n 15 "$LOGA" 2>&1)"
 grep -q "domain '$DOM' disk vda: relocating nbds://relocate-hostb:$PB/ to $DA/disk.img" "$LOGA" ||
     fail "A does not relocate from B's server: $(cat "$LOGA" 2>/dev/null)"
 grep -q "domain '$DOM' disk vda: the domain left this host and [0-9]* client(s) still read from its server" "$LOGB" ||

@@ -15,6 +15,7 @@ DEFAULTS = {
     "domains": "all",            # "all", or space-separated names to opt in
     "disks": "all",              # "all", or space-separated target devs (vda ...)
     "rate": "0",                 # relocate-rate
+    "rate_group": "0",           # one budget for all this host's relocations, bytes/s; 0: none
     "block_size": "64K",         # relocate-block-size
     "start": "on-write",         # relocate-start: on-write or manual only
     "local_hosts": "auto",       # hosts that are this one; "auto" = this host's names
@@ -250,9 +251,10 @@ class Config:
         return None
 
     def _check_sizes(self):
-        if parse_size(self["rate"]) is None:
-            return ("rate = %s: bytes per second, e.g. 0 (unlimited), "
-                    "50M" % self["rate"])
+        for key in ("rate", "rate_group"):
+            if parse_size(self[key]) is None:
+                return ("%s = %s: bytes per second, e.g. 0 (unlimited), "
+                        "50M" % (key, self[key]))
         bs = parse_size(self["block_size"])
         if bs is None or bs < 4096 or bs > 32 << 20 or bs & (bs - 1):
             return ("block_size = %s: a power of 2 between 4K and 32M" %

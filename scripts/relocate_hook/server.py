@@ -16,6 +16,7 @@ import sys
 import time
 
 from . import state
+from .config import parse_size
 
 # Where the package is: the keeper runs as python3 -m relocate_hook.keeper
 # from here.
@@ -267,6 +268,11 @@ def nbdkit_args(cfg, rel, standby_param):
              "relocate-rate=" + cfg["rate"],
              "relocate-block-size=" + cfg["block_size"],
              "relocate-start=" + cfg["start"]]
+    if parse_size(cfg["rate_group"]):
+        # One budget, shared by every relocation of this host.
+        args += ["relocate-rate-group=" +
+                 os.path.join(cfg["state_root"], "rate-group"),
+                 "relocate-rate-group-limit=" + cfg["rate_group"]]
     standby = cfg.seconds("standby_timeout")
     if standby > 0 and standby_param:
         args.append("relocate-standby-timeout=%d" % max(1, round(standby)))

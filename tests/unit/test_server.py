@@ -41,6 +41,14 @@ class CommandLine(hooktest.TempDirTest):
             "relocate-rate=0", "relocate-block-size=64K",
             "relocate-start=on-write"])
 
+    def test_rate_group(self):
+        """rate_group = SIZE: every relocation of the host names the same
+        group file, under state_root, with the budget; 0: none."""
+        self.assertFalse([a for a in self.args() if "rate-group" in a])
+        args = self.args(rate_group="100M", state_root="/srv/r")
+        self.assertIn("relocate-rate-group=/srv/r/rate-group", args)
+        self.assertIn("relocate-rate-group-limit=100M", args)
+
     def test_listen(self):
         """listen = ADDR: -i ADDR right after the port; listen empty: the
         address serve_name names (never every address)."""

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Relocations that share relocate-rate-group=FILE share its budget: the
+# shares are divided again as relocations start, crash (kill -9), stop
+# (SIGSTOP) and come back, and complete; a guest's on-demand fetches
+# on one relocation come out of every other's share, never the other
+# way round; the background copy never goes over the budget; and every
+# relocation completes byte-exact.
+source "$(dirname "$0")/functions.sh"
+
+limit=$((2 << 20))              # 2 MiB/s for the group
+group=(relocate-rate-group="$tmp/group" relocate-rate-group-limit=$limit)
+for i in 1 2 3; do
+    random_image "$tmp/src$i.img" 32
+    start_source "src$i" "$tmp/src$i.img"
+done
+
+# share_is NAME BYTES: NAME's share of the budget becomes BYTES (+-1).
+share_is ()
+{
+    local i s
+    for i in $(seq 100); do
+        s=$(status_field "$1" group_share)
+        [ $((s - $2)) -le 1 ] && [ $(($2 - s)) -le 1 ] && return 0
+        sleep 0.1
+    done
+    echo "$1's share is $s, not $2" >&2
+    return 1
+}
+
+start_dest dst1 src1 "$tmp/dst1.img" relocate-start=immediate "${group[@]}"
+share_is dst1 $limit || fail "alone, dst1 does not have the whole budget"
+start_dest dst2 src2 "$tmp/dst2.img" relocate-start=immediate "${group[@]}"
+share_is dst1 $((limit / 2)) && share_is dst2 $((limit / 2)) ||
+    fail "two relocations do not share the budget"
+
+# Within the budget: present bytes of both, over 6 s, at most the
+# budget's worth plus one 4M request each (the first of a burst goes
+# at once).
+p0=$(( $(status_field dst1 present_bytes) + $(status_field dst2 present_bytes) ))
+t0=$(date +%s.%N)
+sleep 6
+p1=$(( $(status_field dst1 present_bytes) + $(status_field dst2 present_bytes) ))
+most=$(awk -v t="$(since "$t0")" -v l=$limit 'BEGIN { printf "%d", l * t + 2 * 4194304 }')
+[ $((p1 - p0)) -le "$most" ] ||
+    fail "the group copied $((p1 - p0)) bytes in $(since "$t0") s: over its budget ($most)"
+echo "two relocations copied $((p1 - p0)) bytes in $(since "$t0") s (budget $limit bytes/s)"
+
+start_dest dst3 src3 "$tmp/dst3.img" relocate-start=immediate "${group[@]}"
+share_is dst1 $((limit / 3)) || fail "a third relocation did not get a share"
+kill -9 "$(cat "$tmp/dst3.pid")"
+share_is dst1 $((limit / 2)) || fail "a relocation killed -9 did not give its share back"
+kill -STOP "$(cat "$tmp/dst2.pid")"
+share_is dst1 $limit || fail "a stopped relocation kept its share"
+kill -CONT "$(cat "$tmp/dst2.pid")"
+share_is dst1 $((limit / 2)) || fail "a relocation that came back did not get its share again"
+pass "the shares follow relocations that start, crash, stop and come back"
+
+# A guest reads dst2's absent data at about 3 MB/s for 4 s: that
+# comes out of dst1's share (dst2's own copy is capped the same).
+$PY - "$(uri dst2)" <<'PYEOF' &
+import sys, time, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+off, end = 8 << 20, time.monotonic() + 4
+while time.monotonic() < end:
+    h.pread(65536, off); off += 65536; time.sleep(0.02)
+PYEOF
+reader=$!
+clients+=($reader)
+low=$limit
+while kill -0 $reader 2>/dev/null; do
+    s=$(status_field dst1 group_share)
+    [ "$s" -lt "$low" ] && low=$s
+    sleep 0.2
+done
+wait $reader || fail "the guest's reads on dst2 failed"
+[ "$low" -le $((limit / 4)) ] ||
+    fail "while dst2's guest fetched, dst1's share went down only to $low"
+echo "while dst2's guest fetched, dst1's share went down to $low"
+
+# Completion gives the share back: the last one gets all of it.
+for i in $(seq 1200); do
+    field_is dst1 state complete && { first=dst1 last=dst2; break; }
+    field_is dst2 state complete && { first=dst2 last=dst1; break; }
+    sleep 0.1
+done
+[ -n "${first:-}" ] || fail "neither completed in 120 s"
+share_is $last $limit || fail "$first completed and kept its share"
+"$RELOCATECTL" wait --timeout 120 "$tmp/$last.ctl" ||
+    fail "$last did not complete: $("$RELOCATECTL" status "$tmp/$last.ctl")"
+cmp "$tmp/dst1.img" "$tmp/src1.img" && cmp "$tmp/dst2.img" "$tmp/src2.img" ||
+    fail "a local file differs from its source"
+pass "a guest's fetches came out of the others' shares; completion gave the share back; both byte-exact"
