@@ -138,7 +138,7 @@ for p in os.listdir("/proc"):
         echo "cleanup: $h stopped in $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-4) s"
     done
 }
-trap 'st=$?; lv_cleanup; (exit $st); cleanup' EXIT
+trap 'st=$?; lv_cleanup; set +e; (exit $st); cleanup' EXIT
 trap 'exit 143' INT TERM
 
 # ---- the old host's export ----

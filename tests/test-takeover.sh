@@ -16,7 +16,7 @@ size=$(stat -c %s "$tmp/src.img")
 start_server src eval thread_model='echo parallel' get_size="echo $size" \
     pread="if [ \$3 -gt 1048576 ]; then
                touch $tmp/bulk.\$4
-               while [ ! -e $tmp/release ]; do sleep 0.1; done
+               while [ ! -e $tmp/release ] && [ -d $tmp ]; do sleep 0.1; done
            fi
            dd if=$tmp/src.img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
 rm -f "$tmp/dst.ctl"
