@@ -90,35 +90,26 @@ static unsigned demand_fetches;         /* demand fetches in progress */
 #define MAX_RUNS 16
 #define MAX_RUN_BYTES (32 * 1024 * 1024)
 
+/* Bit b of a bit array (busy, stealable, failed). */
 static bool
-is_busy (uint64_t b)
+bit_get (const uint64_t *bits, uint64_t b)
 {
-  return (busy[b / 64] >> (b % 64)) & 1;
+  return (bits[b / 64] >> (b % 64)) & 1;
 }
 
 static void
-set_busy (uint64_t b, bool on)
+bit_put (uint64_t *bits, uint64_t b, bool on)
 {
   if (on)
-    busy[b / 64] |= UINT64_C (1) << (b % 64);
+    bits[b / 64] |= UINT64_C (1) << (b % 64);
   else
-    busy[b / 64] &= ~(UINT64_C (1) << (b % 64));
+    bits[b / 64] &= ~(UINT64_C (1) << (b % 64));
 }
 
-static bool
-is_stealable (uint64_t b)
-{
-  return (stealable[b / 64] >> (b % 64)) & 1;
-}
-
-static void
-set_stealable (uint64_t b, bool on)
-{
-  if (on)
-    stealable[b / 64] |= UINT64_C (1) << (b % 64);
-  else
-    stealable[b / 64] &= ~(UINT64_C (1) << (b % 64));
-}
+static bool is_busy (uint64_t b) { return bit_get (busy, b); }
+static void set_busy (uint64_t b, bool on) { bit_put (busy, b, on); }
+static bool is_stealable (uint64_t b) { return bit_get (stealable, b); }
+static void set_stealable (uint64_t b, bool on) { bit_put (stealable, b, on); }
 
 /* A client's request meets busy block b: take it over if a background
  * fetch waits for it (it stays busy, now the caller's).  Caller holds
@@ -134,18 +125,14 @@ steal_locked (uint64_t b)
   return true;
 }
 
-static bool
-is_failed (uint64_t b)
-{
-  return (failed[b / 64] >> (b % 64)) & 1;
-}
+static bool is_failed (uint64_t b) { return bit_get (failed, b); }
 
 static void
 set_failed (uint64_t b, bool on)
 {
   if (on == is_failed (b))
     return;
-  failed[b / 64] ^= UINT64_C (1) << (b % 64);
+  bit_put (failed, b, on);
   nfailed += on ? 1 : -1;
 }
 
