@@ -6,8 +6,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <glib.h>
@@ -34,6 +32,8 @@ static uint64_t last_hint;          /* last demand hint acted on */
  */
 static double rate_debt, rate_debt_t;
 static unsigned inflight;           /* background fetches in progress */
+static uint64_t demand_seen;        /* fetched_demand at the last pass */
+static double demand_at;            /* when it last grew */
 static uint64_t mapped_blocks;      /* blocks before this have had block status */
 
 /* Progress samples for the current throughput: one per coordinator
@@ -46,11 +46,16 @@ static unsigned nsamples, next_sample;
 static bool mapper_running;
 static pthread_t mapper_thread;
 
-/* Nice value of the background threads. */
-#define BACKGROUND_NICE 10
-
 /* Background requests allowed while the guest is doing I/O. */
 #define QUIET_WORKERS(n) ((n) / 8 > 0 ? (n) / 8 : 1)
+
+/* The largest background request while the guest fetches on demand
+ * (a fetch ended within FETCHING_SECONDS): what the source sends for
+ * one goes into the same bottleneck queue as the guest's fetches, ahead
+ * of them.
+ */
+#define QUIET_REQUEST (256 * 1024)
+#define FETCHING_SECONDS 1.0
 
 /* Block status is asked for this much of the source at a time. */
 #define MAP_CHUNK (UINT64_C (1) << 30)
@@ -59,14 +64,6 @@ static bool coordinator_running;
 static pthread_t coordinator_thread;
 static pthread_t *worker_threads;
 static unsigned nworkers;
-
-/* The background threads run at a lower priority than the guest's. */
-static void
-lower_priority (void)
-{
-  if (setpriority (PRIO_PROCESS, syscall (SYS_gettid), BACKGROUND_NICE) == -1)
-    nbdkit_debug ("relocate: setpriority: %m");
-}
 
 /* Should the workers be copying now? */
 static bool
@@ -83,6 +80,16 @@ static void
 wait_kick (unsigned ms)
 {
   cond_wait_until (&kick, &lock, state_now () + ms / 1000.0);
+}
+
+/* How long a thread with nothing to do waits before it looks again:
+ * ms, or, once the relocation is complete (for good), until it is
+ * kicked at the stop: a complete relocation uses no CPU.
+ */
+static unsigned
+idle_ms (unsigned ms)
+{
+  return state_get () == STATE_COMPLETE ? 3600 * 1000 : ms;
 }
 
 /* Claim the next run: after the guest's last demand fetch if it moved,
@@ -124,11 +131,11 @@ mapper (void *arg)
   size_t i;
   int err;
 
-  lower_priority ();
+  state_lower_priority ();
   while (offset < blk_export_size) {
     pthread_mutex_lock (&lock);
     while (!stopping && !copying ())
-      wait_kick (1000);
+      wait_kick (idle_ms (1000));
     pthread_mutex_unlock (&lock);
     if (stopping)
       break;
@@ -200,7 +207,7 @@ wait_ms_locked (void)
   double t;
 
   if (!copying ())
-    return 1000;
+    return idle_ms (1000);
   if (inflight >= QUIET_WORKERS (cfg.workers) && state_client_active ())
     return 5;
   if (pace_hold ())
@@ -231,7 +238,7 @@ worker (void *arg)
     nbdkit_error ("relocate: background copy: malloc: %m");
     return arg;
   }
-  lower_priority ();
+  state_lower_priority ();
   pthread_mutex_lock (&lock);
   while (!stopping) {
     ms = wait_ms_locked ();
@@ -242,11 +249,15 @@ worker (void *arg)
     /* Claim only now: a claimed block makes the guest wait for it.
      * No more than the link carries in a quarter of the timeout; while
      * the guest does I/O, half that: shorter bursts of work for the
-     * threads that receive them.
+     * threads that receive them; while it fetches, QUIET_REQUEST at
+     * most.
      */
     fit = upstream_request_limit (blk_size, max * blk_size) / blk_size;
-    claimed = claim_locked (state_client_active () ? MAX (1, fit / 2) : fit,
-                            &first, &n);
+    if (state_client_active ())
+      fit = MAX (1, fit / 2);
+    if (demand_at > 0 && state_now () - demand_at < FETCHING_SECONDS)
+      fit = MAX (1, MIN (fit, QUIET_REQUEST / blk_size));
+    claimed = claim_locked (fit, &first, &n);
     if (!claimed) {
       wait_kick (20);           /* the rest is busy, unmapped or present */
       continue;
@@ -362,6 +373,10 @@ coordinator (void *arg)
 
     samples[next_sample].t = state_now ();
     samples[next_sample].present = blk_present_bytes ();
+    if (STAT_GET (fetched_demand) != demand_seen) {
+      demand_seen = STAT_GET (fetched_demand);
+      demand_at = state_now ();
+    }
     next_sample = (next_sample + 1) % SAMPLES;
     nsamples = MIN (nsamples + 1, SAMPLES);
     pthread_mutex_unlock (&lock);
@@ -380,7 +395,7 @@ coordinator (void *arg)
     }
     pthread_mutex_lock (&lock);
     if (!stopping)
-      wait_kick (50);
+      wait_kick (idle_ms (50));
   }
   pthread_mutex_unlock (&lock);
   return arg;

@@ -2,9 +2,13 @@
 
 #include <config.h>
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <glib.h>
+#include <nbdkit-filter.h>
 
 #include "lock.h"
 #include "state.h"
@@ -167,4 +171,14 @@ state_client_active (void)
     return true;
   __atomic_load (&client_last, &last, __ATOMIC_RELAXED);
   return state_now () - last < CLIENT_QUIET_SECONDS;
+}
+
+/* Nice value of the background threads. */
+#define BACKGROUND_NICE 10
+
+void
+state_lower_priority (void)
+{
+  if (setpriority (PRIO_PROCESS, syscall (SYS_gettid), BACKGROUND_NICE) == -1)
+    nbdkit_debug ("relocate: setpriority: %m");
 }

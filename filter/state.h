@@ -78,4 +78,9 @@ void state_client_begin (void);
 void state_client_end (void);
 bool state_client_active (void);
 
+/* Run the calling thread (and the threads it starts) at the background
+ * copy's lower priority: the guest's go first.
+ */
+void state_lower_priority (void);
+
 #endif /* RELOCATE_STATE_H */

@@ -43,7 +43,7 @@ struct conn {
   struct sock_set socks;         /* its own (sock.h) */
   double stuck_since;            /* when it was abandoned */
   bool cut;                      /* its sockets are shut down both ways */
-  bool lane;                     /* carries only clients' requests */
+  bool lane;                     /* carries only clients' requests (set as it starts opening) */
   bool closing;                  /* free_conn is closing its context */
   double closing_since;
 };
@@ -387,6 +387,22 @@ up_as (bool lane)
   return false;
 }
 
+/* Is a connection the guest's lane, or opening to be it?  Caller
+ * holds lock.
+ */
+static bool
+lane_taken (void)
+{
+  guint i;
+
+  for (i = 0; i < conns->len; ++i) {
+    struct conn *c = g_ptr_array_index (conns, i);
+    if (c->lane && (c->state == CONN_UP || c->state == CONN_OPENING))
+      return true;
+  }
+  return false;
+}
+
 /* Does c carry a request of the background copy now?  Caller holds
  * lock.
  */
@@ -475,8 +491,15 @@ opener (void *arg)
   uint32_t minimum, maximum;
   int64_t size = -1;
   int ext = 0;
-  nbdkit_next *n = open_context (&size, &minimum, &maximum, &ext);
+  nbdkit_next *n;
   unsigned i;
+
+  /* A connection for the background copy: this thread, the plugin's
+   * that it starts and the executors run below the guest's.
+   */
+  if (!c->lane)
+    state_lower_priority ();
+  n = open_context (&size, &minimum, &maximum, &ext);
 
   pthread_mutex_lock (&lock);
   /* Opens happen one at a time: the sockets that appeared since, and
@@ -507,7 +530,6 @@ opener (void *arg)
     c->next = n;
     c->size = size;
     c->state = CONN_UP;
-    c->lane = cfg.connections > 1 && !up_as (true);
     sock_keepalive (&c->socks, cfg.timeout);
     set_limits (minimum, maximum, ext);
     last_error[0] = '\0';
@@ -547,6 +569,7 @@ open_conn (void)
 
   c->state = CONN_OPENING;
   c->since = state_now ();
+  c->lane = cfg.connections > 1 && !lane_taken ();
   c->before = sock_snapshot ();
   g_queue_init (&c->active);
   if (spawn (opener, c) == -1) {
@@ -747,7 +770,11 @@ supervisor (void *arg)
       else
         make_room ();
     }
-    cond_wait_until (&changed, &lock, now + CHECK_SECONDS);
+    /* Detached with every connection gone: nothing to look at until
+     * the stop (a complete relocation uses no CPU).
+     */
+    cond_wait_until (&changed, &lock, now +
+                     (detached && conns->len == 0 ? 3600 : CHECK_SECONDS));
   }
   pthread_mutex_unlock (&lock);
   return arg;

@@ -35,6 +35,18 @@ tail -c +4097 "$tmp/src.img" >> "$tmp/expect.img"
 $NBDIO compare "$(uri dst)" "$tmp/expect.img" || fail "new client read wrong data"
 pass "new client reads the whole disk with the source gone"
 
+# A complete relocation is idle: its threads wake a few times in 3 s
+# at most (the control socket's and SIGTERM's once a second), not 20
+# times a second each (the filter before this check: ~100).
+switches ()
+{
+    cat /proc/"$(cat "$tmp/dst.pid")"/task/*/status |
+        awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n }'
+}
+s0=$(switches); sleep 3; s1=$(switches)
+[ $((s1 - s0)) -le 20 ] || fail "a complete relocation's threads woke $((s1 - s0)) times in 3 s"
+pass "a complete relocation is idle ($((s1 - s0)) wake-ups in 3 s)"
+
 stop_server dst
 start_dest dst src "$tmp/dst.img"
 [ "$(status_field dst state)" = complete ] || fail "restart is not complete"
