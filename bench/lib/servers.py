@@ -14,10 +14,10 @@ from .procs import Procs, ctl_status
 PROFILES = {
     "full": dict(dense=2 * GiB, sparse=16 * GiB, sparse_data=1 * GiB,
                  seq=1 * GiB, region=256 * MiB, fio_runtime=10,
-                 scan_default_cap=30, reps=3),
+                 scan_default_cap=30, fleet_each=512 * MiB, reps=3),
     "quick": dict(dense=256 * MiB, sparse=2 * GiB, sparse_data=128 * MiB,
                   seq=128 * MiB, region=32 * MiB, fio_runtime=3,
-                  scan_default_cap=8, reps=1),
+                  scan_default_cap=8, fleet_each=64 * MiB, reps=1),
 }
 
 # The network models (see bench/README.md).  "wan" and "lan" are the
@@ -183,7 +183,9 @@ class Bench:
             params += self.wan_args
         if stats and os.path.exists(self.procs.path("src", "stats")):
             os.unlink(self.procs.path("src", "stats"))
-        self.nbdkit("src", filters + ["file", img] + params)
+        # A directory: its files are the exports, by name (scenario fleet).
+        what = ["dir=" + img] if os.path.isdir(img) else [img]
+        self.nbdkit("src", filters + ["file"] + what + params)
         self.src_port = None
         if net in RELAYS:
             m = RELAYS[net]

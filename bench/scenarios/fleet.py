@@ -1,0 +1,179 @@
+"""Scenario 6, fleet: a virtual cluster's disks leave one old host at once: 8 relocations sharing one budget (relocate-rate-group) vs 8 nbdcopy in parallel, over wan-streams."""
+
+import os
+import subprocess
+import threading
+import time
+
+from lib.common import MiB, log, rm
+from lib.images import make_dense, make_sparse, same, settle
+from lib.procs import Sampler, allocated, proc_cpu
+from lib.relay import size as parse_rate
+from lib.servers import RELAYS
+
+N = 8
+NET = "wan-streams"
+# The group's budget: the link's cap (the relay's), and half of it
+# (a budget below what the link carries: is it held?).
+METHODS = ("relocate group=link", "relocate group=link/2", "nbdcopy x8")
+
+
+def images(b):
+    """N images in one directory, the old host's exports by name: even
+    ones dense random, odd ones sparse (an eighth of them data)."""
+    d = os.path.join(b.tmp, "fleet")
+    os.makedirs(d, exist_ok=True)
+    each = b.prof["fleet_each"]
+    names = []
+    for i in range(N):
+        name = "disk%d" % i
+        p = os.path.join(d, name)
+        if not os.path.exists(p):
+            if i % 2 == 0:
+                make_dense(p, each)
+            else:
+                make_sparse(p, each, each // 8, seed=i)
+        names.append(name)
+    return d, names
+
+
+def source_read(b):
+    """Bytes the source process has read from its files so far."""
+    with open("/proc/%d/io" % b.procs.pid("src")) as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rate(samples, window=2.0):
+    """The highest rate of (t, bytes) samples over the shortest span of
+    at least window seconds ending at each sample (None: too short)."""
+    best, j = None, 0
+    for i in range(len(samples)):
+        while j + 1 < i and samples[i][0] - samples[j + 1][0] >= window:
+            j += 1
+        dt = samples[i][0] - samples[j][0]
+        if dt >= window:
+            rate = (samples[i][1] - samples[j][1]) / dt
+            best = rate if best is None else max(best, rate)
+    return best
+
+
+def threads(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+def relocate_all(b, d, names, limit, verify):
+    local = os.path.join(b.tmp, "fleet-local")
+    os.makedirs(local, exist_ok=True)
+    group = os.path.join(b.tmp, "fleet.group")
+    rm(group)
+    for n in names:
+        rm(os.path.join(local, n), os.path.join(local, n + ".bitmap"))
+    settle()
+    b.start_source(d, NET)
+    t0 = time.monotonic()
+    src = Sampler(lambda: source_read(b), t0, interval=0.25)
+    for i, n in enumerate(names):
+        b.start_dest("f%d" % i, os.path.join(local, n),
+                     extra=["export=" + n, "relocate-rate-group=" + group,
+                            "relocate-rate-group-limit=%d" % limit])
+    pids = [b.procs.pid("f%d" % i) for i in range(N)]
+    most_threads = [0] * N
+
+    def count_threads():
+        for i, p in enumerate(pids):
+            try:
+                most_threads[i] = max(most_threads[i], threads(p))
+            except OSError:
+                pass
+        return 0
+    thr = Sampler(count_threads, t0, interval=0.5)
+    done = [None] * N
+
+    def wait(i):
+        subprocess.run([b.ctl, "wait", b.procs.path("f%d" % i, "ctl")],
+                       check=True, stdout=subprocess.DEVNULL)
+        done[i] = time.monotonic() - t0
+    ws = [threading.Thread(target=wait, args=(i,)) for i in range(N)]
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join()
+    t = time.monotonic() - t0
+    thr.stop()
+    # A complete relocation is idle: CPU over 3 s after the last one.
+    cpu_done = [proc_cpu(p)[0] for p in pids]
+    time.sleep(3)
+    idle_cpu = sum(proc_cpu(p)[0] for p in pids) - sum(cpu_done)
+    samples = src.stop()
+    r = dict(time_s=t, each_s=done, limit=limit, source_read=samples,
+             src_peak_rate=peak_rate(samples),
+             src_mean_rate=samples[-1][1] / samples[-1][0] if samples else None,
+             rss_kib=[proc_cpu(p)[1] for p in pids], cpu_s=cpu_done,
+             threads=most_threads, idle_cpu_s=idle_cpu,
+             local_allocated=sum(allocated(os.path.join(local, n))
+                                 for n in names))
+    if verify:
+        r["verified"] = all(same(os.path.join(d, n), os.path.join(local, n))
+                            for n in names)
+    for i in range(N):
+        b.procs.stop("f%d" % i)
+    b.stop_source()
+    for n in names:
+        rm(os.path.join(local, n), os.path.join(local, n + ".bitmap"))
+    return r
+
+
+def nbdcopy_all(b, d, names, verify):
+    out = os.path.join(b.tmp, "fleet-copy")
+    os.makedirs(out, exist_ok=True)
+    settle()
+    b.start_source(d, NET)
+    t0 = time.monotonic()
+    src = Sampler(lambda: source_read(b), t0, interval=0.25)
+    ps = [subprocess.Popen(["nbdcopy", "--flush", b.src_uri() + n,
+                            os.path.join(out, n)]) for n in names]
+    for p in ps:
+        if p.wait() != 0:
+            raise RuntimeError("nbdcopy failed")
+    t = time.monotonic() - t0
+    samples = src.stop()
+    r = dict(time_s=t, source_read=samples, src_peak_rate=peak_rate(samples),
+             src_mean_rate=samples[-1][1] / samples[-1][0] if samples else None)
+    if verify:
+        r["verified"] = all(same(os.path.join(d, n), os.path.join(out, n))
+                            for n in names)
+    b.stop_source()
+    for n in names:
+        rm(os.path.join(out, n))
+    return r
+
+
+def run(b):
+    d, names = images(b)
+    link = parse_rate(RELAYS[NET]["link_rate"])
+    res = {}
+    for rep in range(b.reps):
+        for m in METHODS:
+            log("fleet %s rep %d: %s" % (NET, rep + 1, m))
+            if m.startswith("relocate"):
+                limit = link if m.endswith("=link") else link // 2
+                r = relocate_all(b, d, names, limit, verify=rep == 0)
+                log("  %.2f s; at the source %.1f MiB/s at most (budget "
+                    "%.1f), peak RSS %d MiB at most, %d threads at most, "
+                    "%.2f s CPU idle" % (
+                        r["time_s"], (r["src_peak_rate"] or 0) / MiB, limit / MiB,
+                        max(r["rss_kib"]) // 1024, max(r["threads"]),
+                        r["idle_cpu_s"]))
+            else:
+                r = nbdcopy_all(b, d, names, verify=rep == 0)
+                log("  %.2f s; at the source %.1f MiB/s at most"
+                    % (r["time_s"], (r["src_peak_rate"] or 0) / MiB))
+            res.setdefault(m, []).append(r)
+    return dict(n=N, each=b.prof["fleet_each"], net=NET, link=link, runs=res)
