@@ -220,7 +220,7 @@ wait_ms_locked (void)
   rate_debt_t = t;
   /* Looked at again at least every 100 ms: a cap raised meanwhile. */
   if (rate_debt > 0)
-    return MAX (1, MIN (100, (unsigned) (rate_debt / rate * 1000)));
+    return MAX (1, (unsigned) MIN (100.0, rate_debt / rate * 1000));
   return 0;
 }
 

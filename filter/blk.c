@@ -415,32 +415,43 @@ store_run (int r, uint64_t first, uint64_t n, void *buf, bool background,
   return -1;
 }
 
-/* Fetch and store a claimed run; on failure release it.  Returns 0,
- * -1, or UPSTREAM_REJECTED with the blocks the source rejects marked
- * failed (a run is retried block by block to find them).  A background
- * run lets clients take its blocks over while it waits for the source,
- * and then stores only the blocks still its own.
+/* Let clients take over the claimed blocks [first, first+n) (they
+ * are the caller's), and wake the ones waiting for one of them.
  */
-static int
-fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
-           double deadline, int *err)
+static void
+offer (uint64_t first, uint64_t n)
 {
-  g_autofree bool *own = NULL;
-  uint64_t b, end;
-  int r, ret = 0, rs;
-
-  if (!background)
-    return store_run (upstream_pread (buf, run_bytes (first, n),
-                                      first * blk_size, deadline, false, err),
-                      first, n, buf, false, deadline, err);
+  uint64_t b;
 
   pthread_mutex_lock (&lock);
   for (b = first; b < first + n; ++b)
     set_stealable (b, true);
+  pthread_cond_broadcast (&changed);
   pthread_mutex_unlock (&lock);
+}
+
+/* The worse of two results of fetch_run. */
+static int
+worse (int a, int b)
+{
+  return a == -1 || b == -1 ? -1 : a == UPSTREAM_REJECTED ? a : b;
+}
+
+/* Fetch a background run whose blocks are offered to clients, then
+ * store only the blocks still its own.  A run the source rejects is
+ * fetched again block by block (to find the bad ones), its blocks
+ * still on offer.  Returns as fetch_run.
+ */
+static int
+fetch_background (uint64_t first, uint64_t n, void *buf, double deadline,
+                  int *err)
+{
+  g_autofree bool *own = g_new (bool, n);
+  uint64_t b, end, k;
+  int r, ret = 0;
+
   r = upstream_pread (buf, run_bytes (first, n), first * blk_size, deadline,
                       true, err);
-  own = g_new (bool, n);
   pthread_mutex_lock (&lock);
   for (b = first; b < first + n; ++b) {
     own[b - first] = is_stealable (b);
@@ -454,14 +465,38 @@ fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
       ;
     if (!own[b - first])
       continue;
-    rs = store_run (r, b, end - b, (char *) buf + (b - first) * blk_size,
-                    true, deadline, err);
-    if (rs == -1)
-      ret = -1;
-    else if (rs == UPSTREAM_REJECTED && ret == 0)
-      ret = rs;
+    if (r == UPSTREAM_REJECTED && n > 1) {
+      offer (b, end - b);
+      for (k = b; k < end; ++k)
+        ret = worse (ret, fetch_background (k, 1, (char *) buf +
+                                            (k - first) * blk_size,
+                                            deadline, err));
+    }
+    else
+      ret = worse (ret, store_run (r, b, end - b, (char *) buf +
+                                   (b - first) * blk_size, true, deadline,
+                                   err));
   }
   return ret;
+}
+
+/* Fetch and store a claimed run; on failure release it.  Returns 0,
+ * -1, or UPSTREAM_REJECTED with the blocks the source rejects marked
+ * failed (a run is retried block by block to find them).  A background
+ * run lets clients take its blocks over while it waits for the source
+ * (fetch_background).
+ */
+static int
+fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
+           double deadline, int *err)
+{
+  if (background) {
+    offer (first, n);
+    return fetch_background (first, n, buf, deadline, err);
+  }
+  return store_run (upstream_pread (buf, run_bytes (first, n),
+                                    first * blk_size, deadline, false, err),
+                    first, n, buf, false, deadline, err);
 }
 
 int

@@ -43,6 +43,9 @@ struct group_file {
   struct slot slot[SLOTS];
 };
 
+/* lock covers what group_cap and group_status read, and opening and
+ * closing; the rest is the coordinator's (group_tick).
+ */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int fd = -1;
 static int me = -1;                      /* our slot */
@@ -52,23 +55,46 @@ static uint64_t demand_all;
 static double demand_rate, last_tick;    /* ours, averaged */
 static uint64_t last_demand_bytes;
 
-/* Read the file under flock (a new one is all zeroes: initialised). */
+/* Read the file under flock: false if it is neither empty (a new
+ * group: initialised here) nor a group file of this version.
+ */
 static bool
 read_locked (struct group_file *g)
 {
   ssize_t r = pread (fd, g, sizeof *g, 0);
 
-  if (r >= 0 && (size_t) r < sizeof *g)
-    memset ((char *) g + r, 0, sizeof *g - r);
-  if (r == -1)
-    return false;
-  if (memcmp (g->magic, MAGIC, 8) != 0) {
+  if (r == 0) {
     memset (g, 0, sizeof *g);
     memcpy (g->magic, MAGIC, 8);
     g->version = FILE_VERSION;
     g->slots = SLOTS;
+    return true;
   }
-  return g->version == FILE_VERSION && g->slots == SLOTS;
+  if (r == -1)
+    return false;
+  if ((size_t) r < sizeof *g)
+    return false;
+  return memcmp (g->magic, MAGIC, 8) == 0 &&
+    g->version == FILE_VERSION && g->slots == SLOTS;
+}
+
+/* flock FILE, waiting at most about a second: a member that is stopped
+ * while it holds the lock must not stop the others.
+ */
+static bool
+lock_file (void)
+{
+  int i;
+
+  for (i = 0; i < 100; ++i) {
+    if (flock (fd, LOCK_EX | LOCK_NB) == 0)
+      return true;
+    if (errno != EWOULDBLOCK && errno != EINTR)
+      return false;
+    usleep (10 * 1000);
+  }
+  errno = EWOULDBLOCK;
+  return false;
 }
 
 static bool
@@ -98,9 +124,15 @@ group_open (void)
     nbdkit_error ("relocate-rate-group: %s: %m", cfg.rate_group);
     return -1;
   }
-  if (flock (fd, LOCK_EX) == -1 || !read_locked (&g)) {
-    nbdkit_error ("relocate-rate-group: %s: not a rate group file of "
-                  "this version (%m)", cfg.rate_group);
+  if (!lock_file ()) {
+    nbdkit_error ("relocate-rate-group: %s: cannot lock it: %m",
+                  cfg.rate_group);
+    goto err;
+  }
+  if (!read_locked (&g)) {
+    nbdkit_error ("relocate-rate-group: %s: not empty and not a rate "
+                  "group file of this version: refusing to touch it",
+                  cfg.rate_group);
     goto err;
   }
   /* Our slot: a free one, or one whose process is gone. */
@@ -137,34 +169,42 @@ group_open (void)
 void
 group_close (void)
 {
-  LOCK_FOR_SCOPE (&lock);
   struct group_file g;
 
+  /* Called by the coordinator, or once it has stopped (see group_tick). */
   if (fd == -1)
     return;
-  if (me >= 0 && flock (fd, LOCK_EX) == 0) {
+  if (me >= 0 && lock_file ()) {
     if (read_locked (&g) && g.slot[me].pid == getpid ()) {
       memset (&g.slot[me], 0, sizeof g.slot[me]);
       write_locked (&g);
     }
     flock (fd, LOCK_UN);
   }
+  /* A slot left behind (the file stayed locked) is freed by the next
+   * member that finds this process gone.
+   */
   close (fd);
   fd = -1;
   me = -1;
+  pthread_mutex_lock (&lock);
   cap = 0;
+  pthread_mutex_unlock (&lock);
 }
 
 void
 group_tick (bool copying, uint64_t demand_bytes)
 {
-  LOCK_FOR_SCOPE (&lock);
   struct group_file g;
   double now = state_now (), dt, budget;
   unsigned n = 0;
   uint64_t demand = 0;
   int i;
 
+  /* fd, me and our averages are the coordinator's (the only caller;
+   * open and close never run beside it): lock is taken only for what
+   * others read, so that no one waits while the file is locked.
+   */
   if (fd == -1)
     return;
   /* Our guests' fetches, bytes/s over about DEMAND_SECONDS. */
@@ -176,8 +216,8 @@ group_tick (bool copying, uint64_t demand_bytes)
   last_tick = now;
   last_demand_bytes = demand_bytes;
 
-  if (flock (fd, LOCK_EX) == -1)
-    return;
+  if (flock (fd, LOCK_EX | LOCK_NB) == -1)
+    return;                      /* busy: next pass */
   if (!read_locked (&g)) {
     flock (fd, LOCK_UN);
     return;
@@ -204,9 +244,11 @@ group_tick (bool copying, uint64_t demand_bytes)
 
   /* Not copying yet: the share it will have once it does. */
   budget = MAX ((double) g.limit - demand, MIN_SHARE * g.limit);
+  pthread_mutex_lock (&lock);
   cap = MAX (1, (uint64_t) (budget / (n + !copying)));
   members_copying = n;
   demand_all = demand;
+  pthread_mutex_unlock (&lock);
 }
 
 uint64_t

@@ -14,7 +14,8 @@
  *
  * Bottom layer beside pace.c: depends on params.c and state.c only;
  * bgcopy.c drives it and asks for the cap, control.c shows it.  Every
- * function takes the group's own lock for its own scope.
+ * function takes the group's own lock for its own scope, never while
+ * the file is locked and another member could hold it.
  */
 
 #ifndef RELOCATE_GROUP_H

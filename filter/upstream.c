@@ -494,10 +494,11 @@ opener (void *arg)
   nbdkit_next *n;
   unsigned i;
 
-  /* A connection for the background copy: this thread, the plugin's
-   * that it starts and the executors run below the guest's.
+  /* A connection for the background copy (there is a lane for the
+   * guest's): this thread, the plugin's that it starts and the
+   * executors run below the guest's.
    */
-  if (!c->lane)
+  if (!c->lane && cfg.connections > 1)
     state_lower_priority ();
   n = open_context (&size, &minimum, &maximum, &ext);
 
@@ -677,7 +678,11 @@ abandon_overdue (double now)
     if (c->closing && !c->cut && now - c->closing_since >= cfg.timeout) {
       /* A clean disconnect that the source never ends (the nbd plugin
        * waits for it to close): its sockets are still open, and shut
-       * down now.
+       * down now.  (Should the close end by itself in the instant
+       * between sock_shutdown's check of a socket's inode and the
+       * shutdown, and its descriptor be reused at once, another socket
+       * would be shut down: a window of microseconds, once per stuck
+       * close.)
        */
       sock_shutdown (&c->socks);
       c->cut = true;

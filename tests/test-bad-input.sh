@@ -108,6 +108,9 @@ expect_refusal "relocate-rate-group-limit is required with relocate-rate-group" 
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-rate-group="$tmp/group"
 expect_refusal "relocate-rate-group is required with relocate-rate-group-limit" \
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-rate-group-limit=10M
+expect_refusal "relocate-rate-group: $tmp/a/disk.img: not empty and not a rate group file" \
+    nbd "$src" relocate-file="$tmp/a/new.img" relocate-rate-group="$tmp/a/disk.img" \
+    relocate-rate-group-limit=10M
 expect_refusal "relocate-rate-group: $tmp/a/nodir/group:" \
     nbd "$src" relocate-file="$tmp/a/new.img" relocate-rate-group="$tmp/a/nodir/group" \
     relocate-rate-group-limit=10M
