@@ -577,12 +577,30 @@ blk_mark_zero (uint64_t first, uint64_t n, int *err)
   return 0;
 }
 
+/* Copy what a fetched run [first, first+n) in buf holds of a client's
+ * read [offset, offset+count) into out; returns the bytes copied.
+ */
+static uint64_t
+serve_fetched (char *out, uint64_t offset, uint64_t count,
+               const char *buf, uint64_t first, uint64_t n)
+{
+  uint64_t a = MAX (offset, first * blk_size);
+  uint64_t b = MIN (offset + count, first * blk_size + run_bytes (first, n));
+
+  if (a >= b)
+    return 0;
+  memcpy (out + (a - offset), buf + (a - first * blk_size), b - a);
+  return b - a;
+}
+
 /* Make every block of [offset, offset+count) present, fetching the
  * absent ones (each run of them in one request) and waiting for the
- * busy ones.
+ * busy ones.  With out, a client's read: what its own fetches bring
+ * is copied there, and *served counts those bytes.
  */
 static int
-ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
+ensure_present (uint64_t offset, uint64_t count, double deadline,
+                char *out, uint64_t *served, int *err)
 {
   uint64_t b0 = offset / blk_size, b1 = (offset + count - 1) / blk_size;
   uint64_t first[MAX_RUNS], n[MAX_RUNS], b, maxlen = 0;
@@ -670,7 +688,10 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
        * it covers that block, not if readahead or another request's
        * run met it.
        */
-      r = fetch_run (first[i], n[i], buf, false, deadline, err) == -1 ? -1 : 0;
+      r = fetch_run (first[i], n[i], buf, false, deadline, err);
+      if (r == 0 && out)
+        *served += serve_fetched (out, offset, count, buf, first[i], n[i]);
+      r = r == -1 ? -1 : 0;
       __atomic_store_n (&demand_hint, first[i] + n[i], __ATOMIC_RELAXED);
     }
     free (buf);
@@ -688,10 +709,14 @@ ensure_present (uint64_t offset, uint64_t count, double deadline, int *err)
 int
 blk_read (void *buf, uint32_t count, uint64_t offset, int *err)
 {
+  uint64_t served = 0;
+
   if (!__atomic_load_n (&all_present, __ATOMIC_ACQUIRE) &&
-      ensure_present (offset, count, state_now () + cfg.timeout, err) == -1)
+      ensure_present (offset, count, state_now () + cfg.timeout,
+                      buf, &served, err) == -1)
     return -1;
-  if (full_pread (buf, count, offset) == -1) {
+  /* Served whole from its own fetches, it need not read the file. */
+  if (served < count && full_pread (buf, count, offset) == -1) {
     *err = errno;
     nbdkit_error ("relocate-file: read at offset %" PRIu64 ": %m", offset);
     return -1;
@@ -702,7 +727,8 @@ blk_read (void *buf, uint32_t count, uint64_t offset, int *err)
 int
 blk_cache (uint32_t count, uint64_t offset, int *err)
 {
-  return ensure_present (offset, count, state_now () + cfg.timeout, err);
+  return ensure_present (offset, count, state_now () + cfg.timeout, NULL, NULL,
+                         err);
 }
 
 /* What a modifying request does to the local file. */

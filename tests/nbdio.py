@@ -11,6 +11,10 @@ nbdio.py compare URI FILE [LENGTH]         the export (its first LENGTH
 nbdio.py race URI ORACLE SEED N            N rounds: read a block (its fetch
                                            is slow) and write into it while
                                            the fetch is in flight
+nbdio.py reads URI FILE SEED N CONNS       N random reads (any offset and
+                                           length, up to 1 MiB), from CONNS
+                                           connections at once, each equal
+                                           to FILE
 """
 
 import random
@@ -129,6 +133,35 @@ def race(uri, oracle, seed, n, bs=65536):
         sys.exit("read failed: %s" % errors[0])
 
 
+def reads(uri, path, seed, n, conns):
+    """Random reads, most of them the first touch of their blocks."""
+    rng = random.Random(seed)
+    with open(path, "rb") as f:
+        data = f.read()
+    lengths = [1, 511, 4096, 65533, 65536, 65539, 200000, 1 << 20]
+    plan = [[] for _ in range(conns)]
+    for i in range(n):
+        length = rng.choice(lengths)
+        plan[i % conns].append((rng.randrange(len(data) - length + 1), length))
+    errors = []
+
+    def reader(ios):
+        h = connect(uri)
+        for off, length in ios:
+            if h.pread(length, off) != data[off:off + length]:
+                errors.append("mismatch in [%d, %d)" % (off, off + length))
+                return
+        h.shutdown()
+
+    threads = [threading.Thread(target=reader, args=(ios,)) for ios in plan]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        sys.exit(errors[0])
+
+
 def main():
     cmd, uri = sys.argv[1], sys.argv[2]
     if cmd == "read":
@@ -140,6 +173,9 @@ def main():
         writes(uri, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), conns)
     elif cmd == "race":
         race(uri, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    elif cmd == "reads":
+        reads(uri, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+              int(sys.argv[6]))
     elif cmd == "pwrite":
         h = connect(uri)
         h.pwrite(bytes.fromhex(sys.argv[4]), int(sys.argv[3]))
