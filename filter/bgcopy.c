@@ -20,6 +20,7 @@
 #include "group.h"
 #include "blk.h"
 #include "blkfile.h"
+#include "buf.h"
 #include "upstream.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -229,15 +230,11 @@ worker (void *arg)
 {
   uint64_t max = MAX (1, cfg.request_size / blk_size);
   uint64_t first, n, fit;
-  void *buf = blk_alloc_buffer (max * blk_size);
+  void *buf;
   unsigned ms;
   bool claimed;
   int err, r;
 
-  if (buf == NULL) {
-    nbdkit_error ("relocate: background copy: malloc: %m");
-    return arg;
-  }
   state_lower_priority ();
   pthread_mutex_lock (&lock);
   while (!stopping) {
@@ -267,7 +264,20 @@ worker (void *arg)
     inflight++;
     pthread_mutex_unlock (&lock);
 
-    r = blk_fetch_claimed (first, n, buf, &err);
+    /* A buffer only while a request is in flight: the copy's memory
+     * follows what it has in flight, not how many workers it has.
+     */
+    buf = buf_get (n * blk_size);
+    if (buf == NULL) {
+      nbdkit_error ("relocate: background copy: no memory for %" PRIu64
+                    " bytes: %m", n * blk_size);
+      blk_release (first, n);
+      r = -1;
+    }
+    else {
+      r = blk_fetch_claimed (first, n, buf, &err);
+      buf_put (buf, n * blk_size);
+    }
 
     pthread_mutex_lock (&lock);
     inflight--;
@@ -276,7 +286,6 @@ worker (void *arg)
       wait_kick (1000);         /* the source failed: not the same blocks at once */
   }
   pthread_mutex_unlock (&lock);
-  free (buf);
   return arg;
 }
 
@@ -325,6 +334,7 @@ complete (void)
   upstream_detach ();
   state_set (STATE_COMPLETE);
   group_close ();               /* its share goes to the others */
+  buf_trim ();
   notice ("%s complete: %" PRIu64 " bytes in %.1f s "
           "(%" PRIu64 " fetched on demand, %" PRIu64 " in background, "
           "%" PRIu64 " skipped as zero, %" PRIu64 " written by clients); "

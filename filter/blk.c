@@ -14,6 +14,7 @@
 
 #include "bitmap.h"
 #include "blk.h"
+#include "buf.h"
 #include "blkfile.h"
 #include "lock.h"
 #include "pace.h"
@@ -306,15 +307,6 @@ finish_run (uint64_t first, uint64_t n, bool present)
   pthread_mutex_lock (&lock);
   finish_run_locked (first, n, present);
   pthread_mutex_unlock (&lock);
-}
-
-void *
-blk_alloc_buffer (uint64_t len)
-{
-  void *p;
-
-  errno = posix_memalign (&p, DIRECT_ALIGN, len ? len : 1);
-  return errno ? NULL : p;
 }
 
 void
@@ -666,10 +658,10 @@ ensure_present (uint64_t offset, uint64_t count, double deadline,
     /* Fetch them. */
     for (i = 0; i < runs; ++i)
       maxlen = MAX (maxlen, run_bytes (first[i], n[i]));
-    buf = blk_alloc_buffer (maxlen);
+    buf = buf_get (maxlen);
     if (buf == NULL) {
       *err = errno;
-      nbdkit_error ("relocate: malloc: %m");
+      nbdkit_error ("relocate: no memory for a fetch: %m");
       pthread_mutex_lock (&lock);
       demand_fetches--;
       pthread_mutex_unlock (&lock);
@@ -694,7 +686,7 @@ ensure_present (uint64_t offset, uint64_t count, double deadline,
       r = r == -1 ? -1 : 0;
       __atomic_store_n (&demand_hint, first[i] + n[i], __ATOMIC_RELAXED);
     }
-    free (buf);
+    buf_put (buf, maxlen);
     pthread_mutex_lock (&lock);
     demand_fetches--;
     pthread_mutex_unlock (&lock);
@@ -752,10 +744,10 @@ fetch_owned_block (uint64_t b, double deadline, int *err)
     *err = EIO;
     return -1;
   }
-  buf = blk_alloc_buffer (len);
+  buf = buf_get (len);
   if (buf == NULL) {
     *err = errno;
-    nbdkit_error ("relocate: malloc: %m");
+    nbdkit_error ("relocate: no memory for a fetch: %m");
     return -1;
   }
   r = upstream_pread (buf, len, b * blk_size, deadline, false, err);
@@ -774,7 +766,7 @@ fetch_owned_block (uint64_t b, double deadline, int *err)
       r = -1;
     }
   }
-  free (buf);
+  buf_put (buf, len);
   return r == 0 ? 0 : -1;
 }
 

@@ -80,9 +80,6 @@ int blk_zero_claimed (uint64_t first, uint64_t n, int *err);
  */
 int blk_mark_zero (uint64_t first, uint64_t n, int *err);
 
-/* A buffer for fetched data, aligned for O_DIRECT; free with free. */
-void *blk_alloc_buffer (uint64_t len);
-
 /* Release a claimed run unchanged. */
 void blk_release (uint64_t first, uint64_t n);
 

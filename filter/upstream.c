@@ -11,6 +11,7 @@
 #include <glib.h>
 #include <nbdkit-filter.h>
 
+#include "buf.h"
 #include "params.h"
 #include "sock.h"
 #include "state.h"
@@ -57,7 +58,7 @@ struct request {
   enum op op;
   uint64_t offset;               /* as sent: aligned to the source */
   uint32_t count;
-  void *buf;                     /* OP_PREAD: count bytes */
+  void *buf;                     /* OP_PREAD: count bytes (buf_get) */
   struct nbdkit_extents *extents; /* OP_EXTENTS */
   struct conn *conn;             /* once started */
   double started;
@@ -132,7 +133,7 @@ unref (struct request *req)
 {
   if (--req->refs > 0)
     return;
-  free (req->buf);
+  buf_put (req->buf, req->count);
   if (req->extents)
     nbdkit_extents_free (req->extents);
   g_free (req);
@@ -334,7 +335,11 @@ execute (struct conn *c, struct request *req)
   req->started = state_now ();
   g_queue_push_tail (&c->active, req);
   pthread_mutex_unlock (&lock);
-  if (req->op == OP_PREAD)
+  if (req->op == OP_PREAD && req->buf == NULL) {
+    r = -1;                      /* no memory for the reply */
+    err = ENOMEM;
+  }
+  else if (req->op == OP_PREAD)
     r = n->pread (n, req->buf, req->count, req->offset, 0, &err);
   else if (ext)
     r = n->extents (n, req->count, req->offset, 0, req->extents, &err);
@@ -344,7 +349,8 @@ execute (struct conn *c, struct request *req)
    * request's alone (a bad block): the connection stays if a probe
    * succeeds.
    */
-  if (r == -1 && !connection_error (err) && !probe (n, probe_off, probe_len))
+  if (r == -1 && err != ENOMEM && !connection_error (err) &&
+      !probe (n, probe_off, probe_len))
     err = ECONNRESET;
   pthread_mutex_lock (&lock);
   g_queue_remove (&c->active, req);
@@ -904,7 +910,7 @@ submit (enum op op, uint64_t offset, uint32_t count, bool is_urgent)
   req->refs = 2;                 /* the caller's and the queue's */
   req->urgent = is_urgent;
   if (op == OP_PREAD)
-    req->buf = g_malloc (count);
+    req->buf = buf_get (count);  /* NULL: it fails when it runs */
   else
     req->extents = nbdkit_extents_new (offset, offset + count);
   g_queue_push_tail (is_urgent ? &urgent_q : &bulk_q, req);

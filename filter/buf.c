@@ -1,0 +1,126 @@
+/* nbdkit-relocate: buffers for data on its way from the source. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include <glib.h>
+
+#include "buf.h"
+#include "lock.h"
+
+#ifdef __SANITIZE_ADDRESS__
+/* Under AddressSanitizer each buffer is its own allocation of the
+ * exact size, so that a read or write past its end is caught.
+ */
+void *
+buf_get (size_t len)
+{
+  void *p;
+
+  errno = posix_memalign (&p, 4096, len ? len : 1);
+  return errno ? NULL : p;
+}
+
+void
+buf_put (void *p, size_t len)
+{
+  free (p);
+}
+
+void
+buf_trim (void)
+{
+}
+
+#else
+
+/* Buffers come in sizes of a power of two from 64K (2^16) to 2^32;
+ * smaller requests get a 64K one.  The pool keeps free buffers of
+ * each size up to KEEP_BYTES (at least one): what the background
+ * copy has in flight at once with the defaults.
+ */
+#define MIN_SHIFT 16
+#define SIZES (33 - MIN_SHIFT)
+#define KEEP_BYTES (32 * 1024 * 1024)
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static GPtrArray *free_bufs[SIZES];     /* free buffers, by size */
+
+/* The size class of len, and the bytes of a buffer of that class. */
+static unsigned
+size_class (size_t len)
+{
+  unsigned c = 0;
+
+  while (c + 1 < SIZES && ((size_t) 1 << (c + MIN_SHIFT)) < len)
+    c++;
+  return c;
+}
+
+static size_t
+class_bytes (unsigned c)
+{
+  return (size_t) 1 << (c + MIN_SHIFT);
+}
+
+
+void *
+buf_get (size_t len)
+{
+  unsigned c = size_class (len);
+  void *p;
+
+  if (len > class_bytes (SIZES - 1)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  {
+    LOCK_FOR_SCOPE (&lock);
+    if (free_bufs[c] && free_bufs[c]->len > 0)
+      return g_ptr_array_steal_index_fast (free_bufs[c],
+                                           free_bufs[c]->len - 1);
+  }
+  /* Straight from the kernel: page aligned, and all of it goes back
+   * on munmap.
+   */
+  p = mmap (NULL, class_bytes (c), PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+void
+buf_put (void *p, size_t len)
+{
+  unsigned c = size_class (len);
+
+  if (p == NULL)
+    return;
+  {
+    LOCK_FOR_SCOPE (&lock);
+    if (free_bufs[c] == NULL)
+      free_bufs[c] = g_ptr_array_new ();
+    if (free_bufs[c]->len < MAX (1, KEEP_BYTES / class_bytes (c))) {
+      g_ptr_array_add (free_bufs[c], p);
+      return;
+    }
+  }
+  munmap (p, class_bytes (c));
+}
+
+void
+buf_trim (void)
+{
+  LOCK_FOR_SCOPE (&lock);
+  unsigned c;
+
+  for (c = 0; c < SIZES; ++c)
+    while (free_bufs[c] && free_bufs[c]->len > 0)
+      munmap (g_ptr_array_steal_index_fast (free_bufs[c], 0), class_bytes (c));
+}
+
+#endif /* !__SANITIZE_ADDRESS__ */
