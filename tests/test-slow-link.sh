@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A slow link completes: 1 MiB/s between the filter and the source
-# (tests/relay.py --rate), relocate-timeout=10, the default requests
-# (a 4M request takes longer than the timeout there).  Data arrives
+# (tests/relay.py --rate), relocate-timeout=10, 8 requests of 4M (32
+# MiB in flight: a request takes longer than the timeout there).  Data arrives
 # steadily, so no connection is abandoned for slowness: the relocation
 # completes byte-exact, a guest read of absent data succeeds (slowly),
 # background requests shrink to what the link carries, and the
@@ -14,7 +14,8 @@ start_relay wan "unix:$tmp/src.sock" --rate 1048576
 rm -f "$tmp/dst.ctl"
 start_server dst --filter="$FILTER" nbd hostname=127.0.0.1 port="$(cat "$tmp/wan.port")" \
     relocate-file="$tmp/dst.img" relocate-control="$tmp/dst.ctl" \
-    relocate-start=immediate relocate-timeout=10
+    relocate-start=immediate relocate-timeout=10 \
+    relocate-request-size=4M relocate-workers=8
 wait_for test -S "$tmp/dst.ctl" || fail "dst: no control socket"
 
 # The most connections abandoned at once, and the request size,

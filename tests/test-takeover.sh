@@ -4,7 +4,8 @@
 # the block over and fetches it itself, on the guest's own connection.
 #
 # The source (nbdkit eval over an image) answers small reads at once
-# and holds every read over 1M, the background copy's 4M requests, until
+# and holds every read over 1M, the background copy's 4M requests (set
+# here: relocate-request-size=4M), until
 # the test lets them go (its commands run without a sanitizer's preload,
 # which nbdkit's children inherit).  A read and a write into the first
 # background request's range must both complete while that request still hangs,
@@ -22,7 +23,8 @@ start_server src eval thread_model='echo parallel' get_size="echo $size" \
            fi
            dd if=$tmp/src.img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none"
 rm -f "$tmp/dst.ctl"
-start_dest dst src "$tmp/dst.img" relocate-start=immediate relocate-timeout=20
+start_dest dst src "$tmp/dst.img" relocate-start=immediate relocate-timeout=20 \
+    relocate-request-size=4M
 wait_for test -e "$tmp/bulk.0" || fail "no background request for offset 0 reached the source"
 
 # A 4K read at 1M + 4K and a 4K write at 2M + 8K, both inside the
