@@ -310,6 +310,31 @@ def report(R):
                 fmt(sum(rs[0]["cpu_s"]), "%.1f") if "cpu_s" in rs[0] else "-",
                 fmt(rs[0]["idle_cpu_s"]) if "idle_cpu_s" in rs[0] else "-"))
         L.append("")
+        G = F.get("guest", {})
+        if G:
+            L.append("The guest's view: fio 4K random reads at depth 1, %d s, "
+                     "on relocation 0's disk, all absent (its background copy "
+                     "off, so every read fetches), alone in the group, then "
+                     "while the other %d copy under the link's budget.\n"
+                     % (F.get("fio_runtime", 0), F["n"] - 1))
+            L.append("| | p50 us | p99 us | IOPS | reads that fetched | others copying at the end |")
+            L.append("|---|---:|---:|---:|---:|---:|")
+            for k, rs in G.items():
+                fetched = med(rs, "fetched_demand_bytes")
+                L.append("| %s | %s | %s | %s | %s | %s |" % (
+                    k, fmt(med(rs, "p50_us"), "%.0f"),
+                    fmt(med(rs, "p99_us"), "%.0f"),
+                    fmt(med(rs, "iops"), "%.0f"),
+                    "%.0f%%" % (100 * fetched / rs[0]["block_size"]
+                                / max(1, med(rs, "io_bytes") / 4096))
+                    if fetched else "-",
+                    rs[0]["others_copying"]))
+            keys = list(G)
+            if len(keys) == 2:
+                with_others = med(G[keys[1]], "p99_us")
+                alone = med(G[keys[0]], "p99_us")
+                L.append("\np99 %s / alone: %s (target <= 1.3)\n"
+                         % (keys[1], fmt(ratio(with_others, alone))))
     L.append("Whole run: %.0f s.\n" % m["elapsed_s"])
     return "\n".join(L)
 

@@ -5,7 +5,8 @@ import subprocess
 import threading
 import time
 
-from lib.common import MiB, log, rm
+from lib import fio
+from lib.common import KiB, MiB, log, rm
 from lib.images import make_dense, make_sparse, same, settle
 from lib.procs import Sampler, allocated, proc_cpu
 from lib.relay import size as parse_rate
@@ -155,10 +156,56 @@ def nbdcopy_all(b, d, names, verify):
     return r
 
 
+def guest_view(b, d, names, limit):
+    """The guest's view: fio 4K random reads at depth 1 on relocation
+    0's disk, all of it absent (its own background copy off, so that
+    every read fetches), first with no other relocation in the group,
+    then while the other N-1 copy under the same budget.  The ratio is
+    what the others' copies cost its fetches; the baseline is stricter
+    than its own copy running alone (issue 23 measures that one)."""
+    local = os.path.join(b.tmp, "fleet-local")
+    os.makedirs(local, exist_ok=True)
+    group = os.path.join(b.tmp, "fleet.group")
+    res = {}
+    for others in (0, N - 1):
+        rm(group)
+        for n in names:
+            rm(os.path.join(local, n), os.path.join(local, n + ".bitmap"))
+        settle()
+        b.start_source(d, NET)
+        for i in range(others + 1):
+            extra = ["export=" + names[i], "relocate-rate-group=" + group,
+                     "relocate-rate-group-limit=%d" % limit]
+            if i == 0:
+                extra.append("relocate-background=false")
+            b.start_dest("f%d" % i, os.path.join(local, names[i]),
+                         extra=extra)
+        time.sleep(1)               # the others' copies under way
+        r = fio.run(b.tmp, b.uri("f0"), "randread", 4 * KiB, 1,
+                    b.prof["fleet_each"], runtime=b.prof["fio_runtime"])
+        st = b.status("f0")
+        r["fetched_demand_bytes"] = st["fetched_demand_bytes"]
+        r["block_size"] = st["block_size"]
+        r["others_copying"] = sum(
+            b.status("f%d" % i)["state"] == "relocating"
+            for i in range(1, others + 1))
+        for i in range(others + 1):
+            b.procs.stop("f%d" % i)
+        b.stop_source()
+        key = "alone" if others == 0 else "with %d copying" % others
+        log("fleet guest %s: p99 %.0f us, %.0f IOPS, %d others still "
+            "copying at the end" % (key, r["p99_us"], r["iops"],
+                                    r["others_copying"]))
+        res[key] = r
+    for n in names:
+        rm(os.path.join(local, n), os.path.join(local, n + ".bitmap"))
+    return res
+
+
 def run(b):
     d, names = images(b)
     link = parse_rate(RELAYS[NET]["link_rate"])
-    res = {}
+    res, guest = {}, {}
     for rep in range(b.reps):
         for m in METHODS:
             log("fleet %s rep %d: %s" % (NET, rep + 1, m))
@@ -176,4 +223,7 @@ def run(b):
                 log("  %.2f s; at the source %.1f MiB/s at most"
                     % (r["time_s"], (r["src_peak_rate"] or 0) / MiB))
             res.setdefault(m, []).append(r)
-    return dict(n=N, each=b.prof["fleet_each"], net=NET, link=link, runs=res)
+        for k, r in guest_view(b, d, names, link).items():
+            guest.setdefault(k, []).append(r)
+    return dict(n=N, each=b.prof["fleet_each"], net=NET, link=link, runs=res,
+                guest=guest, fio_runtime=b.prof["fio_runtime"])
