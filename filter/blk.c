@@ -14,8 +14,8 @@
 
 #include "bitmap.h"
 #include "blk.h"
-#include "buf.h"
 #include "blkfile.h"
+#include "buf.h"
 #include "lock.h"
 #include "pace.h"
 #include "params.h"

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -39,17 +40,20 @@ buf_trim (void)
 
 #else
 
-/* Buffers come in sizes of a power of two from 64K (2^16) to 2^32;
- * smaller requests get a 64K one.  The pool keeps free buffers of
- * each size up to KEEP_BYTES (at least one): what the background
- * copy has in flight at once with the defaults.
+/* Buffers come in sizes of a power of two from 64K (2^16) to 1G
+ * (2^30); smaller requests get a 64K one.  The pool keeps free
+ * buffers of KEEP_BYTES in all: what the background copy has in
+ * flight at once with the defaults (16 requests of 1M, a buffer for
+ * the reply and one to store it).
  */
 #define MIN_SHIFT 16
-#define SIZES (33 - MIN_SHIFT)
+#define SIZES (31 - MIN_SHIFT)
 #define KEEP_BYTES (32 * 1024 * 1024)
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static GPtrArray *free_bufs[SIZES];     /* free buffers, by size */
+static size_t free_bytes;               /* in free_bufs */
+static bool trimmed;                    /* the copy is over: keep none */
 
 /* The size class of len, and the bytes of a buffer of that class. */
 static unsigned
@@ -81,9 +85,11 @@ buf_get (size_t len)
   }
   {
     LOCK_FOR_SCOPE (&lock);
-    if (free_bufs[c] && free_bufs[c]->len > 0)
+    if (free_bufs[c] && free_bufs[c]->len > 0) {
+      free_bytes -= class_bytes (c);
       return g_ptr_array_steal_index_fast (free_bufs[c],
                                            free_bufs[c]->len - 1);
+    }
   }
   /* Straight from the kernel: page aligned, and all of it goes back
    * on munmap.
@@ -104,8 +110,9 @@ buf_put (void *p, size_t len)
     LOCK_FOR_SCOPE (&lock);
     if (free_bufs[c] == NULL)
       free_bufs[c] = g_ptr_array_new ();
-    if (free_bufs[c]->len < MAX (1, KEEP_BYTES / class_bytes (c))) {
+    if (!trimmed && free_bytes + class_bytes (c) <= KEEP_BYTES) {
       g_ptr_array_add (free_bufs[c], p);
+      free_bytes += class_bytes (c);
       return;
     }
   }
@@ -118,9 +125,11 @@ buf_trim (void)
   LOCK_FOR_SCOPE (&lock);
   unsigned c;
 
+  trimmed = true;
   for (c = 0; c < SIZES; ++c)
     while (free_bufs[c] && free_bufs[c]->len > 0)
       munmap (g_ptr_array_steal_index_fast (free_bufs[c], 0), class_bytes (c));
+  free_bytes = 0;
 }
 
 #endif /* !__SANITIZE_ADDRESS__ */

@@ -4,11 +4,12 @@
  * buffers of megabytes, many times a second, from many threads.
  * malloc keeps such buffers, once freed, in the arena of the thread
  * that freed them, so a relocation's memory grew to what every thread
- * had ever held (80 MiB with the defaults).  These come from a pool
+ * had ever held (80 MiB with 8 workers of 4M).  These come from a pool
  * instead: a buffer is made only when none of its size is free, so
  * the memory follows what is in use at once (two requests in flight
  * under a rate cap: two of each), and goes back to the system when
- * more are free than the pool keeps.  Aligned for O_DIRECT.
+ * more are free than the pool keeps (32 MiB), and all of it once the
+ * copy is over.  Aligned for O_DIRECT.
  *
  * Bottom layer: depends on nothing else in filter/.  Every function
  * takes the pool's own lock for its own scope.
@@ -25,7 +26,8 @@ void *buf_get (size_t len);
 /* Give back a buffer from buf_get, with the len it was asked for. */
 void buf_put (void *p, size_t len);
 
-/* Return every free buffer to the system (the copy is over). */
+/* The copy is over: every free buffer, and every one given back from
+ * now on, goes back to the system. */
 void buf_trim (void);
 
 #endif /* RELOCATE_BUF_H */

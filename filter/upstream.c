@@ -335,11 +335,7 @@ execute (struct conn *c, struct request *req)
   req->started = state_now ();
   g_queue_push_tail (&c->active, req);
   pthread_mutex_unlock (&lock);
-  if (req->op == OP_PREAD && req->buf == NULL) {
-    r = -1;                      /* no memory for the reply */
-    err = ENOMEM;
-  }
-  else if (req->op == OP_PREAD)
+  if (req->op == OP_PREAD)
     r = n->pread (n, req->buf, req->count, req->offset, 0, &err);
   else if (ext)
     r = n->extents (n, req->count, req->offset, 0, req->extents, &err);
@@ -349,8 +345,7 @@ execute (struct conn *c, struct request *req)
    * request's alone (a bad block): the connection stays if a probe
    * succeeds.
    */
-  if (r == -1 && err != ENOMEM && !connection_error (err) &&
-      !probe (n, probe_off, probe_len))
+  if (r == -1 && !connection_error (err) && !probe (n, probe_off, probe_len))
     err = ECONNRESET;
   pthread_mutex_lock (&lock);
   g_queue_remove (&c->active, req);
@@ -897,7 +892,8 @@ upstream_stop (void)
 /* ---- Requests ---- */
 
 /* Queue a request for [offset, offset+count) of the source; a
- * client's (urgent) goes before the background copy's.
+ * client's (urgent) goes before the background copy's.  NULL with
+ * errno if there is no memory for a read's reply.
  */
 static struct request *
 submit (enum op op, uint64_t offset, uint32_t count, bool is_urgent)
@@ -909,9 +905,11 @@ submit (enum op op, uint64_t offset, uint32_t count, bool is_urgent)
   req->count = count;
   req->refs = 2;                 /* the caller's and the queue's */
   req->urgent = is_urgent;
-  if (op == OP_PREAD)
-    req->buf = buf_get (count);  /* NULL: it fails when it runs */
-  else
+  if (op == OP_PREAD && (req->buf = buf_get (count)) == NULL) {
+    g_free (req);
+    return NULL;
+  }
+  if (op != OP_PREAD)
     req->extents = nbdkit_extents_new (offset, offset + count);
   g_queue_push_tail (is_urgent ? &urgent_q : &bulk_q, req);
   if (is_urgent)
@@ -1012,9 +1010,14 @@ pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
   for (left = n; left > 0 && r == 0; ) {
     double now = state_now (), next_try = deadline;
 
-    for (i = 0; i < n; ++i)
-      if (p[i].req == NULL && p[i].count && p[i].retry_at <= now)
+    for (i = 0; i < n && r == 0; ++i)
+      if (p[i].req == NULL && p[i].count && p[i].retry_at <= now) {
         p[i].req = submit (OP_PREAD, p[i].offset, p[i].count, urgent);
+        if (p[i].req == NULL) {
+          *err = ENOMEM;        /* ours, not the source's: no rejection */
+          r = -1;
+        }
+      }
       else if (p[i].req == NULL && p[i].count)
         next_try = MIN (next_try, p[i].retry_at);
     for (i = 0; i < n && r == 0; ++i) {
@@ -1074,6 +1077,9 @@ upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
     nbdkit_debug ("relocate: the read of %" PRIu32 " bytes at offset %"
                   PRIu64 " from the source was given up: stopping",
                   count, offset);
+  else if (r == -1 && *err == ENOMEM)
+    nbdkit_error ("relocate: no memory for a read of %" PRIu32 " bytes at "
+                  "offset %" PRIu64 " from the source", count, offset);
   else if (r == -1)
     nbdkit_error ("relocate: cannot read %" PRIu32 " bytes at offset %" PRIu64
                   " from the source%s: %s", count, offset,

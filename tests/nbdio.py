@@ -146,12 +146,15 @@ def reads(uri, path, seed, n, conns):
     errors = []
 
     def reader(ios):
-        h = connect(uri)
-        for off, length in ios:
-            if h.pread(length, off) != data[off:off + length]:
-                errors.append("mismatch in [%d, %d)" % (off, off + length))
-                return
-        h.shutdown()
+        try:
+            h = connect(uri)
+            for off, length in ios:
+                if h.pread(length, off) != data[off:off + length]:
+                    errors.append("mismatch in [%d, %d)" % (off, off + length))
+                    return
+            h.shutdown()
+        except Exception as e:
+            errors.append("read failed: %s" % e)
 
     threads = [threading.Thread(target=reader, args=(ios,)) for ios in plan]
     for t in threads:
