@@ -42,9 +42,9 @@ buf_trim (void)
 
 /* Buffers come in sizes of a power of two from 64K (2^16) to 1G
  * (2^30); smaller requests get a 64K one.  The pool keeps free
- * buffers of KEEP_BYTES in all: what the background copy has in
- * flight at once with the defaults (16 requests of 1M, a buffer for
- * the reply and one to store it).
+ * buffers of KEEP_BYTES in all: half of what the background copy has
+ * in flight at once with the defaults (8 requests of 4M, a buffer for
+ * the reply and one to store it), all of it with 16 of 1M.
  */
 #define MIN_SHIFT 16
 #define SIZES (31 - MIN_SHIFT)

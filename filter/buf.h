@@ -4,7 +4,7 @@
  * buffers of megabytes, many times a second, from many threads.
  * malloc keeps such buffers, once freed, in the arena of the thread
  * that freed them, so a relocation's memory grew to what every thread
- * had ever held (80 MiB with 8 workers of 4M).  These come from a pool
+ * had ever held (80 MiB with the defaults).  These come from a pool
  * instead: a buffer is made only when none of its size is free, so
  * the memory follows what is in use at once (two requests in flight
  * under a rate cap: two of each), and goes back to the system when

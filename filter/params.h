@@ -61,9 +61,9 @@ int params_complete (void);
   "relocate-block-size=SIZE   Tracking granularity (default 64K).\n" \
   "relocate-start=MODE        immediate | on-write (default) | manual.\n" \
   "relocate-background=BOOL   Copy absent blocks in the background.\n" \
-  "relocate-workers=N         Background requests in flight (default 16).\n" \
+  "relocate-workers=N         Background requests in flight (default 8).\n" \
   "relocate-connections=N     Connections to the source (default 4).\n" \
-  "relocate-request-size=SIZE Background request size (default 1M).\n" \
+  "relocate-request-size=SIZE Background request size (default 4M).\n" \
   "relocate-rate=SIZE         Background bytes per second (0 = unlimited).\n" \
   "relocate-rate-group=FILE   Share a budget with the relocations naming FILE.\n" \
   "relocate-rate-group-limit=SIZE The group's bytes per second.\n" \

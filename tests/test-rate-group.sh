@@ -36,13 +36,13 @@ share_is dst1 $((limit / 2)) && share_is dst2 $((limit / 2)) ||
     fail "two relocations do not share the budget"
 
 # Within the budget: present bytes of both, over 6 s, at most the
-# budget's worth plus one 1M request each (the first of a burst goes
+# budget's worth plus one 4M request each (the first of a burst goes
 # at once).
 p0=$(( $(status_field dst1 present_bytes) + $(status_field dst2 present_bytes) ))
 t0=$(date +%s.%N)
 sleep 6
 p1=$(( $(status_field dst1 present_bytes) + $(status_field dst2 present_bytes) ))
-most=$(awk -v t="$(since "$t0")" -v l=$limit 'BEGIN { printf "%d", l * t + 2 * 1048576 }')
+most=$(awk -v t="$(since "$t0")" -v l=$limit 'BEGIN { printf "%d", l * t + 2 * 4194304 }')
 [ $((p1 - p0)) -le "$most" ] ||
     fail "the group copied $((p1 - p0)) bytes in $(since "$t0") s: over its budget ($most)"
 echo "two relocations copied $((p1 - p0)) bytes in $(since "$t0") s (budget $limit bytes/s)"
