@@ -72,7 +72,6 @@ class_bytes (unsigned c)
   return (size_t) 1 << (c + MIN_SHIFT);
 }
 
-
 void *
 buf_get (size_t len)
 {
