@@ -154,7 +154,7 @@ kill "$sampler" 2>/dev/null || :
 n=$(grep -c "upstream connected" "$tmp/dst.log" || :)
 wanted=$(status_field dst connections_wanted)
 [ "$n" -le "$wanted" ] || fail "a connection was reopened: $n \"upstream connected\" lines for $wanted connections"
-if $RELOCATECTL status --json "$tmp/dst.ctl" | grep -q '"reconnects"'; then
+if grep -q '"reconnects"' <<< "$($RELOCATECTL status --json "$tmp/dst.ctl")"; then
     [ "$(status_field dst reconnects)" -eq 0 ] ||
         fail "reconnects is $(status_field dst reconnects)"
 fi

@@ -33,7 +33,7 @@ pass "the first write fails with EIO when the start cannot be made durable"
 timeout 2 "$RELOCATECTL" status --json "$tmp/dst.ctl" > "$tmp/status" ||
     fail "status did not answer within 2 s"
 [ "$(status_field dst failed)" = true ] || fail "status does not say failed: $(cat "$tmp/status")"
-status_field dst failure | grep -q fdatasync || fail "failure does not name fdatasync"
+grep -q fdatasync <<< "$(status_field dst failure)" || fail "failure does not name fdatasync"
 pass "status answers at once: $(status_field dst failure)"
 
 ctl reconnect dst

@@ -56,7 +56,7 @@ env -u PYTHONPATH PATH=/bin:/usr/bin "$hook" vm1 prepare begin - < "$tmp/out.xml
 sock=$(ls "$tmp"/root/*/vda/nbd.sock)
 $NBDIO compare "nbd+unix:///?socket=$sock" "$tmp/d1.img" || fail "the installed hook's server does not serve the source"
 keeper=$(hook_pids "$(dirname "$sock")/pids.json" | cut -d' ' -f1)
-tr '\0' ' ' < "/proc/$keeper/cmdline" | grep -q -- "-m relocate_hook.keeper" || fail "no keeper: $keeper"
+grep -q -- "-m relocate_hook.keeper" <<< "$(tr '\0' ' ' < "/proc/$keeper/cmdline")" || fail "no keeper: $keeper"
 [ "$(readlink "/proc/$keeper/cwd")" = / ] || fail "the keeper's directory is $(readlink "/proc/$keeper/cwd")"
 "$hook" vm1 release end - < "$tmp/out.xml" || fail "release end"
 [ -z "$(find "$inst" -name __pycache__)" ] || fail "bytecode written into the installed package"

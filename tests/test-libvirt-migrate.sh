@@ -461,8 +461,9 @@ gone_within ()
 pb1=$(pid_in "$DB")
 migrate B A
 PA=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$DA/relocation.json")
-vA dumpxml "$DOM" | grep -q "<host name=.relocate-hosta. port=.$PA./>" ||
-    fail "QEMU on A does not use A's relocation server (port $PA in $DA/relocation.json): $(vA dumpxml "$DOM" | grep -A4 '<disk'); $DA: $(ls -la "$DA" 2>&1); A's hook.log: $(tail -n 15 "$LOGA" 2>&1)"
+vA dumpxml "$DOM" > "$tmp/a.xml" || fail "dumpxml on A after B -> A"
+grep -q "<host name=.relocate-hosta. port=.$PA./>" "$tmp/a.xml" ||
+    fail "QEMU on A does not use A's relocation server (port $PA in $DA/relocation.json): $(grep -A4 '<disk' "$tmp/a.xml"); $DA: $(ls -la "$DA" 2>&1); A's hook.log: $(tail -n 15 "$LOGA" 2>&1)"
 grep -q "domain '$DOM' disk vda: relocating nbds://relocate-hostb:$PB/ to $DA/disk.img" "$LOGA" ||
     fail "A does not relocate from B's server: $(cat "$LOGA" 2>/dev/null)"
 grep -q "domain '$DOM' disk vda: the domain left this host and [0-9]* client(s) still read from its server" "$LOGB" ||
@@ -565,8 +566,9 @@ DOM=$TDOM migrate A B --tls
 grep -q "domain '$TDOM' disk vda: relocating nbds://relocate-oldhost:$ptls/ to $TB/disk.img" "$LOGB" ||
     fail "B does not relocate from the old host over TLS: $(grep "$TDOM" "$LOGB")"
 PBT=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$TB/relocation.json")
-vB dumpxml "$TDOM" | grep -q "<source protocol=.nbd. tls=.yes.[ >]" ||
-    fail "B's XML does not say tls='yes': $(vB dumpxml "$TDOM" | grep -A3 '<source')"
+vB dumpxml "$TDOM" > "$tmp/bt.xml" || fail "dumpxml of $TDOM on B"
+grep -q "<source protocol=.nbd. tls=.yes.[ >]" "$tmp/bt.xml" ||
+    fail "B's XML does not say tls='yes': $(grep -A3 '<source' "$tmp/bt.xml")"
 DOM=$TDOM hmp B "read -P 0x41 3M 64k"
 DOM=$TDOM guest_writes B "0x42 1M 64k" "0x43 6M 4k"
 pass "A -> B with --tls from an old host that requires TLS (nbd_tls = 1): B relocates over TLS, its QEMU connects with TLS ($(elapsed))"

@@ -52,7 +52,7 @@ wait_for field_at_least dst pace_cap 1 ||
 ratio=$(status_field dst pace_ratio)
 [ "$(echo "$ratio > 1.5" | bc)" = 1 ] ||
     fail "capped, yet the flush ratio shown is $ratio"
-ctl status dst | grep -q '^pacing: ' || fail "relocatectl status shows no pacing"
+grep -q '^pacing: ' <<< "$(ctl status dst)" || fail "relocatectl status shows no pacing"
 [ "$(status_field dst state)" = relocating ] || fail "completed before pacing acted"
 pass "capped at $(status_field dst pace_cap) bytes/s, flushes $ratio x slower copying"
 

@@ -46,7 +46,7 @@ cmp "$tmp/dst.img" "$tmp/src.img" || fail "the local file differs from the sourc
 # Requests sized to the link: a 4M request takes longer than the
 # timeout at 1 MiB/s shared by the connections; a quarter of the
 # timeout carries far less (at most half of it, here).
-req=$(sort -n "$tmp/request.samples" | head -n 1)
+req=$(sort -n "$tmp/request.samples" | sed -n 1p)
 [ "${req:-4194304}" -le $((2 << 20)) ] || fail "background requests never below $req bytes on a 1 MiB/s link"
 most=$(sort -n "$tmp/abandoned.samples" | tail -n 1)
 [ "${most:-0}" -le $((4 + 8)) ] || fail "$most connections abandoned at once (bound 12)"
