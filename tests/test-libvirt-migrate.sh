@@ -48,98 +48,11 @@
 #
 # Skipped (exit 77) when libvirt/QEMU are not installed, when not root,
 # or when mount namespaces cannot be made.
-set -u
-skip () { echo "SKIP: $*"; exit 77; }
-[ "$(id -u)" -eq 0 ] || skip "needs root (mount namespaces, two libvirtd's)"
-for c in libvirtd virsh qemu-system-x86_64; do
-    command -v "$c" >/dev/null 2>&1 ||
-        skip "libvirt not installed (apt-get install libvirt-daemon-system qemu-system-x86 to run it)"
-done
-id libvirt-qemu >/dev/null 2>&1 && getent group kvm >/dev/null ||
-    skip "no libvirt-qemu user or kvm group (Debian's libvirt-daemon-system creates them)"
-command -v unshare >/dev/null && unshare -m --propagation private true 2>/dev/null ||
-    skip "cannot make a mount namespace here (unshare -m)"
 
-source "$(dirname "$0")/functions.sh"
-HOOK=$srcdir/scripts/nbdkit-relocate-hook
-START=$(date +%s)
-elapsed () { echo "$(( $(date +%s) - START ))s"; }
+source "$(dirname "$0")/libvirt.sh"
 
-# Both ports free; the migration port ranges are distinct and small.
-free_range ()
-{
-    $PY - <<'EOF'
-import socket, random
-for _ in range(200):
-    p = random.randrange(20000, 60000)
-    try:
-        ss = []
-        for q in range(p, p + 4):
-            s = socket.socket(); s.bind(("127.0.0.1", q)); ss.append(s)
-        print(p); break
-    except OSError:
-        pass
-EOF
-}
-
-# kill_pid PID MARKER: TERM, then KILL after 10 s.
-kill_pid ()
-{
-    local pid=$1 marker=$2 i
-    running "$pid" "$marker" || return 0
-    kill -TERM "$pid" 2>/dev/null || :
-    for i in $(seq 100); do running "$pid" || return 0; sleep 0.1; done
-    running "$pid" "$marker" && kill -KILL "$pid" 2>/dev/null || :
-    for i in $(seq 50); do running "$pid" || return 0; sleep 0.1; done
-}
-
-chmod 0711 "$tmp"               # QEMU (libvirt-qemu) passes through to sockets
 DOM=relocate-mig
 UUID=3d1e5a90-0c7b-4f4e-8d0a-7e1a0c5f1201
-daemons=()                      # host names (A B) whose libvirtd started
-
-lv_cleanup ()
-{
-    local h pid ns p f t0
-    for h in "${daemons[@]}"; do
-        t0=$(date +%s.%N)
-        pid=$(cat "$tmp/$h/libvirtd.pid" 2>/dev/null) || continue
-        if running "$pid" libvirtd; then
-            for d in $(timeout 20 virsh -c "$(uri_of "$h")" list --name 2>/dev/null); do
-                timeout 30 virsh -c "$(uri_of "$h")" destroy "$d" >/dev/null 2>&1 || :
-            done
-        fi
-        # QEMU by its pid file, then every relocation server the hook
-        # started (its own attic included), then the daemon.
-        for f in "$tmp/$h"/run/libvirt/qemu/*.pid; do
-            [ "${f##*/}" != driver.pid ] && [ -s "$f" ] && kill_pid "$(cat "$f")" qemu-system
-        done
-        while read -r f; do
-            for p in $($PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("nbdkit") or "", d.get("keeper") or "")' "$f" 2>/dev/null); do
-                kill_pid "$p" "$(dirname "$f")"
-            done
-        done < <(find "$tmp/$h/state" -name pids.json 2>/dev/null)
-        kill_pid "$pid" libvirtd
-        # Whatever else still runs in that mount namespace was started
-        # by this test (the namespace is its own): it goes too, so that
-        # the private mounts go with the namespace.
-        ns=$(cat "$tmp/$h/ns" 2>/dev/null) || continue
-        for p in $($PY -c '
-import os, sys
-for p in os.listdir("/proc"):
-    try:
-        if p.isdigit() and os.readlink("/proc/%s/ns/mnt" % p) == sys.argv[1]:
-            print(p)
-    except OSError:
-        pass' "$ns"); do
-            echo "warning: $h: pid $p still in the namespace: $(tr '\0' ' ' < "/proc/$p/cmdline")" >&2
-            kill -KILL "$p" 2>/dev/null || :
-        done
-        echo "cleanup: $h stopped in $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-4) s"
-    done
-}
-trap 'st=$?; lv_cleanup; set +e; (exit $st); cleanup' EXIT
-trap 'exit 143' INT TERM
 
 # ---- the old host's export ----
 random_image "$tmp/src.img" 16
@@ -148,25 +61,7 @@ dd if=/dev/zero of="$tmp/src.img" bs=512 count=1 conv=notrunc status=none
 psrc=$(free_port)
 start_tcp_source src "$tmp/src.img" "$psrc"
 
-# nbdkit for the hook (with a sanitizer build its runtime is preloaded,
-# and its options kept: libvirt runs hooks with a clean environment).
-mkdir -p "$tmp/bin"
-{ echo '#!/bin/sh'
-  if [ -n "${SANITIZER_PRELOAD:-}" ]; then
-      printf 'exec env LD_PRELOAD=%q ASAN_OPTIONS=%q UBSAN_OPTIONS=%q TSAN_OPTIONS=%q nbdkit "$@"\n' \
-          "$SANITIZER_PRELOAD" "${ASAN_OPTIONS:-}" "${UBSAN_OPTIONS:-}" "${TSAN_OPTIONS:-}"
-  else
-      echo 'exec nbdkit "$@"'
-  fi; } > "$tmp/bin/nbdkit"
-chmod 0755 "$tmp/bin/nbdkit"
-
-# ---- the cluster's certificates (libvirt's /etc/pki/qemu) ----
-# One CA; QEMU (libvirt-qemu:kvm) reads the keys, no other user does.
-# Another CA's client certificate, and a client with none, for the
-# refusals.
-make_ca "$tmp/ca" "relocate test CA"
-make_certs "$tmp/ca" "$tmp/pki"
-chgrp -R kvm "$tmp/pki" && chmod 0750 "$tmp/pki" && chmod 0640 "$tmp/pki"/*-key.pem
+# Refusals: another CA's client certificate, and a client with none.
 make_ca "$tmp/ca2" "another CA"
 make_certs "$tmp/ca2" "$tmp/pki2"
 mkdir "$tmp/nocert" "$tmp/foreign"
@@ -174,97 +69,7 @@ cp "$tmp/pki/ca-cert.pem" "$tmp/nocert/"
 cp "$tmp/pki/ca-cert.pem" "$tmp/pki2"/client-*.pem "$tmp/foreign/"
 
 # ---- three hosts ----
-uri_of () { echo "qemu+tcp://127.0.0.1:$(cat "$tmp/$1/port")/system"; }
 STANDBY=6
-
-setup_host ()   # NAME HOST_UUID
-{
-    local n=$1 huuid=$2 h=$tmp/$1 port mig serve
-    serve=$(free_range)
-    mkdir -p "$h"/{run,lib,cache,log,state}
-    chmod 0755 "$h" "$h"/{run,lib,cache,log}
-    port=$(free_port); echo "$port" > "$h/port"
-    mig=$(free_range); echo "$mig" > "$h/migport"
-    # A fresh /etc/libvirt: Debian's libvirtd.conf and qemu.conf set
-    # nothing (every line a comment), so these two files with only the
-    # lines below are Debian's defaults, whatever this machine's own
-    # configuration says; no domain, network or pool is defined.
-    mkdir -p "$h/etc/hooks/qemu.d"
-    # Installed as make install does it: the entry point names this
-    # tree's package and a private hook.conf (which names this tree's
-    # relocatectl).
-    sed -e "s|^HOOK_LIB = .*|HOOK_LIB = \"$srcdir/scripts\"|" \
-        -e "s|^HOOK_CONF = .*|HOOK_CONF = \"$h/hook.conf\"|" \
-        "$HOOK" > "$h/etc/hooks/qemu.d/nbdkit-relocate"
-    chmod 0755 "$h/etc/hooks/qemu.d/nbdkit-relocate"
-    grep -q "\"$h/hook.conf\"" "$h/etc/hooks/qemu.d/nbdkit-relocate" ||
-        fail "the hook's configuration path could not be set"
-    { echo "[hook]"
-      echo "state_root = $h/state"
-      echo "nbdkit = $tmp/bin/nbdkit"
-      echo "filter = $FILTER"
-      echo "relocatectl = $RELOCATECTL"
-      echo "standby_timeout = $STANDBY"
-      echo "stop_grace = 5"
-      echo "serve_name = relocate-host${n,,}"
-      echo "listen = 127.0.0.1"
-      echo "ports = $serve-$((serve + 3))"
-      echo "onward_grace = 3"
-      echo "libvirt_uri = qemu+tcp://127.0.0.1:$port/system"; } > "$h/hook.conf"
-    cat > "$h/etc/libvirtd.conf" <<EOF
-listen_tls = 0
-listen_tcp = 1
-listen_addr = "127.0.0.1"
-tcp_port = "$port"
-auth_tcp = "none"
-host_uuid = "$huuid"
-log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
-EOF
-    # Debian's qemu.conf defaults (QEMU as libvirt-qemu:kvm,
-    # dynamic_ownership), plus: QEMU's output to a file (no virtlogd),
-    # no cgroups (both daemons would name their domain's cgroup alike),
-    # and a migration port range of this host's own (migration_address
-    # may not be 127.0.0.1: virsh migrate --listen-address says it).
-    # security_driver = "none": no AppArmor or SELinux profile written
-    # outside the namespace (libvirt's DAC driver, which runs QEMU as
-    # libvirt-qemu and chowns its images, stays).
-    cat > "$h/etc/qemu.conf" <<EOF
-security_driver = "none"
-stdio_handler = "file"
-cgroup_controllers = [ ]
-default_tls_x509_cert_dir = "$tmp/pki"
-nbd_tls = 1
-migration_port_min = $mig
-migration_port_max = $((mig + 3))
-EOF
-    { cat /etc/hosts; echo "127.0.0.1 relocate-oldhost relocate-hosta relocate-hostb relocate-hostc"; } > "$h/hosts"
-    unshare -m --propagation private sh -c '
-        h=$1
-        mount --bind "$h/run" /run &&
-        mkdir -p /run/libvirt &&
-        mount --bind "$h/etc" /etc/libvirt &&
-        mount --bind "$h/lib" /var/lib/libvirt &&
-        mount --bind "$h/cache" /var/cache/libvirt &&
-        mount --bind "$h/log" /var/log/libvirt &&
-        mount --bind "$h/hosts" /etc/hosts &&
-        readlink /proc/self/ns/mnt > "$h/ns" &&
-        exec libvirtd --listen -p /run/libvirtd.pid' sh "$h" \
-        >>"$h/libvirtd.out" 2>&1 </dev/null &
-    echo $! > "$h/libvirtd.pid"
-    disown
-    daemons+=("$n")
-}
-wait_daemon ()  # NAME
-{
-    local i
-    for i in $(seq 240); do
-        virsh -c "$(uri_of "$1")" version >/dev/null 2>&1 && return 0
-        running "$(cat "$tmp/$1/libvirtd.pid")" ||
-            fail "libvirtd $1 exited: $(tail -n 20 "$tmp/$1/libvirtd.out" "$tmp/$1/log/libvirtd.log" 2>/dev/null)"
-        sleep 0.5
-    done
-    fail "libvirtd $1 does not answer on $(uri_of "$1")"
-}
 setup_host A 9a0c0a0a-0000-4000-8000-00000000000a
 setup_host B 9a0c0b0b-0000-4000-8000-00000000000b
 setup_host C 9a0c0c0c-0000-4000-8000-00000000000c
@@ -278,63 +83,11 @@ vA () { timeout 120 virsh -c "$UA" "$@"; }
 vB () { timeout 120 virsh -c "$UB" "$@"; }
 LOGB=$tmp/B/state/hook.log LOGA=$tmp/A/state/hook.log
 DB=$tmp/B/state/$UUID/vda DA=$tmp/A/state/$UUID/vda
-status_of_ctl () { "$RELOCATECTL" status --json "$1" | $PY -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"; }
-pid_in () { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbdkit"])' "$1/pids.json"; }
 
 # ---- the domain on A, its disk the old host's export ----
-# domain_xml NAME UUID [PORT TLS]: its disk the old host's export on
-# PORT ($psrc), tls='no' unless TLS is given ('': qemu.conf's nbd_tls,
-# which is 1 on every host here).
-domain_xml ()
-{
-    local port=${3:-$psrc} tls=${4-" tls='no'"}
-    cat <<EOF
-<domain type='qemu'>
-  <name>$1</name>
-  <uuid>$2</uuid>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><bios rebootTimeout='-1'/></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source protocol='nbd'$tls>
-        <host name='relocate-oldhost' port='$port'/>
-      </source>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-EOF
-}
 domain_xml "$DOM" "$UUID" > "$tmp/dom.xml"
 vA create "$tmp/dom.xml" >/dev/null || fail "virsh create on A: $(tail -n 20 "$tmp/A/log/qemu/$DOM.log" 2>/dev/null)"
 
-# hmp HOST COMMAND: a qemu-io command on the guest's virtio disk (the
-# virtio-blk-pci proxy has no BlockBackend; its virtio-backend child
-# does).  qemu-io prints to QEMU's stdout, the domain's log here: the
-# new lines there must say it was done, and no pattern mismatch.
-hmp ()
-{
-    local out qlog=$tmp/$1/log/qemu/$DOM.log n i new
-    n=$(wc -l < "$qlog")
-    out=$(timeout 60 virsh -c "$(uri_of "$1")" qemu-monitor-command "$DOM" --hmp \
-          "qemu-io -d virtio-disk0/virtio-backend \"$2\"" 2>&1) || fail "$1: qemu-io '$2': $out"
-    [ -z "$out" ] || fail "$1: qemu-io '$2': $out"
-    for i in $(seq 100); do
-        new=$(tail -n +$((n + 1)) "$qlog")
-        case $new in *"wrote "*|*"read "*) break ;; esac
-        sleep 0.1
-    done
-    case $new in
-        *"wrote "*|*"read "*) ! grep -qi "fail\|error\|mismatch" <<<"$new" ||
-                                  fail "$1: qemu-io '$2': $new" ;;
-        *) fail "$1: qemu-io '$2': no result in $qlog: $new" ;;
-    esac
-}
 hmp A "write -P 0x11 2M 64k"
 cmp -s <(head -c $((2*1024*1024 + 65536)) "$tmp/src.img" | tail -c 65536) \
        <(head -c 65536 /dev/zero | tr '\0' '\021') ||
@@ -414,26 +167,6 @@ pass "live migration A -> B in $((t1 - t0)) s; QEMU on B (libvirt-qemu) uses rel
 # What the guest wrote at A after the failed attempt, read on B.
 hmp B "read -P 0x22 2M 64k"
 hmp B "read -P 0x23 7M 4k"
-# guest_writes HOST "PATTERN OFFSET COUNT"...: the guest writes there,
-# and expected.img follows.
-guest_writes ()
-{
-    local h=$1 w p o c; shift
-    for w in "$@"; do
-        read -r p o c <<<"$w"
-        hmp "$h" "write -P $p $o $c"
-    done
-    $PY - "${EXPECTED:-$tmp/expected.img}" "$@" <<'EOF'
-import sys
-def n(s):
-    m = {"k": 1024, "M": 1024 * 1024}
-    return int(s[:-1]) * m[s[-1]] if s[-1] in m else int(s)
-with open(sys.argv[1], "r+b") as f:
-    for w in sys.argv[2:]:
-        pat, off, cnt = w.split()
-        f.seek(n(off)); f.write(bytes([int(pat, 16)]) * n(cnt))
-EOF
-}
 # Guest writes on B start the relocation.
 guest_writes B "0x5a 1M 64k" "0xa5 5M 4k" "0x33 1536 3k" "0x77 16320k 64k"
 hmp B "read -P 0x5a 1M 64k"
