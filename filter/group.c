@@ -110,6 +110,37 @@ alive (const struct slot *s)
   return s->pid > 0 && (kill (s->pid, 0) == 0 || errno == EPERM);
 }
 
+/* Our share of g's limit, bytes/s: an equal one, with the members
+ * copying now and us, of what their guests' fetches leave.  Says how
+ * many members copy and how fast their guests fetch (bytes/s), and
+ * frees the slots of members that died.  Caller holds the file locked.
+ */
+static uint64_t
+divide (struct group_file *g, double now, bool copying,
+        unsigned *n, uint64_t *demand)
+{
+  double fetching = 0, budget;
+  int i;
+
+  *n = 0;
+  for (i = 0; i < SLOTS; ++i) {
+    struct slot *s = &g->slot[i];
+    if (s->pid == 0)
+      continue;
+    if (i != me && !alive (s)) {
+      memset (s, 0, sizeof *s);  /* crashed: its share comes back */
+      continue;
+    }
+    if (now - s->seen > STALE_SECONDS)
+      continue;                  /* stopped, or not looking in */
+    fetching += s->demand;
+    *n += s->copying != 0;
+  }
+  *demand = fetching;
+  budget = MAX ((double) g->limit - fetching, MIN_SHARE * g->limit);
+  return MAX (1, (uint64_t) (budget / (*n + !copying)));
+}
+
 int
 group_open (void)
 {
@@ -152,6 +183,10 @@ group_open (void)
     nbdkit_debug ("relocate-rate-group: %s: limit %" PRIu64 " -> %" PRIu64,
                   cfg.rate_group, g.limit, cfg.rate_group_limit);
   g.limit = cfg.rate_group_limit;
+  /* A share from the start: a member that copied uncapped until its
+   * first pass would take the whole link.
+   */
+  cap = divide (&g, state_now (), false, &members_copying, &demand_all);
   if (!write_locked (&g)) {
     nbdkit_error ("relocate-rate-group: %s: write: %m", cfg.rate_group);
     goto err;
@@ -196,10 +231,9 @@ void
 group_tick (bool copying, uint64_t demand_bytes)
 {
   struct group_file g;
-  double now = state_now (), dt, budget;
-  unsigned n = 0;
-  uint64_t demand = 0;
-  int i;
+  double now = state_now (), dt;
+  unsigned n;
+  uint64_t demand, share;
 
   /* fd, me and our averages are the coordinator's (the only caller;
    * open and close never run beside it): lock is taken only for what
@@ -226,26 +260,12 @@ group_tick (bool copying, uint64_t demand_bytes)
   g.slot[me].copying = copying;
   g.slot[me].seen = now;
   g.slot[me].demand = demand_rate;
-  for (i = 0; i < SLOTS; ++i) {
-    struct slot *s = &g.slot[i];
-    if (s->pid == 0)
-      continue;
-    if (i != me && !alive (s)) {
-      memset (s, 0, sizeof *s);  /* crashed: its share comes back */
-      continue;
-    }
-    if (now - s->seen > STALE_SECONDS)
-      continue;                  /* stopped, or not looking in */
-    demand += s->demand;
-    n += s->copying != 0;
-  }
+  share = divide (&g, now, copying, &n, &demand);
   write_locked (&g);
   flock (fd, LOCK_UN);
 
-  /* Not copying yet: the share it will have once it does. */
-  budget = MAX ((double) g.limit - demand, MIN_SHARE * g.limit);
   pthread_mutex_lock (&lock);
-  cap = MAX (1, (uint64_t) (budget / (n + !copying)));
+  cap = share;
   members_copying = n;
   demand_all = demand;
   pthread_mutex_unlock (&lock);
