@@ -33,6 +33,7 @@ static uint64_t last_hint;          /* last demand hint acted on */
  */
 static double rate_debt, rate_debt_t;
 static unsigned inflight;           /* background fetches in progress */
+static uint64_t inflight_bytes;     /* and their bytes */
 static uint64_t demand_seen;        /* fetched_demand at the last pass */
 static double demand_at;            /* when it last grew */
 static uint64_t mapped_blocks;      /* blocks before this have had block status */
@@ -57,6 +58,20 @@ static pthread_t mapper_thread;
  */
 #define QUIET_REQUEST (256 * 1024)
 #define FETCHING_SECONDS 1.0
+
+/* Under a rate cap a request carries at most this many seconds of it:
+ * a relocation is then never more than that ahead of its cap (the
+ * first request of a burst goes at once), and relocations that share
+ * a link queue little ahead of one another's guests.
+ */
+#define RATE_SLICE (1.0 / 16)
+
+/* Under a rate cap no more than this many seconds of it are in flight
+ * (two requests at least): on a full link more would only wait in a
+ * queue on the way, holding memory here and delaying every guest's
+ * fetches behind it.
+ */
+#define RATE_WINDOW 0.25
 
 /* Block status is asked for this much of the source at a time. */
 #define MAP_CHUNK (UINT64_C (1) << 30)
@@ -195,6 +210,39 @@ rate_cap (void)
   return r;
 }
 
+/* The largest power of two not above n, or 1. */
+static uint64_t
+pow2_floor (uint64_t n)
+{
+  uint64_t p = 1;
+
+  while (p <= n / 2)
+    p *= 2;
+  return p;
+}
+
+/* The largest background request now, in blocks: no more than the
+ * link carries in a quarter of the timeout, and under a rate cap
+ * RATE_SLICE of it, in a power of two of blocks (the cap moves all the
+ * time: requests of a few sizes reuse the same buffers).
+ */
+static uint64_t
+request_blocks (uint64_t rate)
+{
+  uint64_t max = MAX (1, cfg.request_size / blk_size);
+  uint64_t fit = upstream_request_limit (blk_size, max * blk_size) / blk_size;
+
+  if (rate > 0)
+    fit = MIN (fit, pow2_floor ((uint64_t) (rate * RATE_SLICE) / blk_size));
+  return fit;
+}
+
+uint32_t
+bgcopy_request_bytes (void)
+{
+  return request_blocks (rate_cap ()) * blk_size;
+}
+
 /* How long a worker must wait before it may send a request: it
  * yields to the guest (while the guest does I/O only an eighth of the
  * workers may have a request in flight, and none during a pacing
@@ -228,8 +276,7 @@ wait_ms_locked (void)
 static void *
 worker (void *arg)
 {
-  uint64_t max = MAX (1, cfg.request_size / blk_size);
-  uint64_t first, n, fit;
+  uint64_t first, n, fit, rate;
   void *buf;
   unsigned ms;
   bool claimed;
@@ -244,12 +291,18 @@ worker (void *arg)
       continue;
     }
     /* Claim only now: a claimed block makes the guest wait for it.
-     * No more than the link carries in a quarter of the timeout; while
-     * the guest does I/O, half that: shorter bursts of work for the
-     * threads that receive them; while it fetches, QUIET_REQUEST at
-     * most.
+     * While the guest does I/O, half of request_blocks: shorter bursts
+     * of work for the threads that receive them; while it fetches,
+     * QUIET_REQUEST at most.
      */
-    fit = upstream_request_limit (blk_size, max * blk_size) / blk_size;
+    rate = rate_cap ();
+    fit = request_blocks (rate);
+    if (rate > 0 && inflight_bytes > 0 &&
+        inflight_bytes + fit * blk_size > MAX (rate * RATE_WINDOW,
+                                               2.0 * fit * blk_size)) {
+      wait_kick (100);          /* kicked as a request ends */
+      continue;
+    }
     if (state_client_active ())
       fit = MAX (1, fit / 2);
     if (demand_at > 0 && state_now () - demand_at < FETCHING_SECONDS)
@@ -259,9 +312,10 @@ worker (void *arg)
       wait_kick (20);           /* the rest is busy, unmapped or present */
       continue;
     }
-    if (rate_cap () > 0)
+    if (rate > 0)
       rate_debt += (double) n * blk_size;
     inflight++;
+    inflight_bytes += n * blk_size;
     pthread_mutex_unlock (&lock);
 
     /* A buffer only while a request is in flight: the copy's memory
@@ -281,6 +335,7 @@ worker (void *arg)
 
     pthread_mutex_lock (&lock);
     inflight--;
+    inflight_bytes -= n * blk_size;
     pthread_cond_broadcast (&kick);
     if (r == -1 && !stopping)
       wait_kick (1000);         /* the source failed: not the same blocks at once */

@@ -13,6 +13,8 @@
 #ifndef RELOCATE_BGCOPY_H
 #define RELOCATE_BGCOPY_H
 
+#include <stdint.h>
+
 /* Start the coordinator, the mapper and the workers (in .after_fork). */
 int bgcopy_start_threads (void);
 
@@ -21,6 +23,12 @@ void bgcopy_stop (void);
 
 /* Bytes per second becoming present over the last two seconds. */
 double bgcopy_current_rate (void);
+
+/* The largest background request now, bytes: what the link carries
+ * in a quarter of relocate-timeout, and a sixteenth of a second of the
+ * rate cap in force.
+ */
+uint32_t bgcopy_request_bytes (void);
 
 /* Wake the threads: the state, pause or rate changed. */
 void bgcopy_kick (void);

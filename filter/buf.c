@@ -44,16 +44,21 @@ buf_trim (void)
  * (2^30); smaller requests get a 64K one.  The pool keeps free
  * buffers of KEEP_BYTES in all: half of what the background copy has
  * in flight at once with the defaults (8 requests of 4M, a buffer for
- * the reply and one to store it), all of it with 16 of 1M.
+ * the reply and one to store it), all of it with 16 of 1M.  A size no
+ * one asked for in IDLE_SECONDS goes back to the system: the copy's
+ * requests follow its rate cap, and a size it no longer asks for would
+ * otherwise stay for good.
  */
 #define MIN_SHIFT 16
 #define SIZES (31 - MIN_SHIFT)
 #define KEEP_BYTES (32 * 1024 * 1024)
+#define IDLE_SECONDS 1
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static GPtrArray *free_bufs[SIZES];     /* free buffers, by size */
 static size_t free_bytes;               /* in free_bufs */
 static bool trimmed;                    /* the copy is over: keep none */
+static gint64 last_asked[SIZES];        /* monotonic microseconds */
 
 /* The size class of len, and the bytes of a buffer of that class. */
 static unsigned
@@ -84,6 +89,7 @@ buf_get (size_t len)
   }
   {
     LOCK_FOR_SCOPE (&lock);
+    last_asked[c] = g_get_monotonic_time ();
     if (free_bufs[c] && free_bufs[c]->len > 0) {
       free_bytes -= class_bytes (c);
       return g_ptr_array_steal_index_fast (free_bufs[c],
@@ -98,15 +104,29 @@ buf_get (size_t len)
   return p == MAP_FAILED ? NULL : p;
 }
 
+/* Unmap the free buffers of class c; caller holds lock. */
+static void
+drop_class (unsigned c)
+{
+  while (free_bufs[c] && free_bufs[c]->len > 0) {
+    munmap (g_ptr_array_steal_index_fast (free_bufs[c], 0), class_bytes (c));
+    free_bytes -= class_bytes (c);
+  }
+}
+
 void
 buf_put (void *p, size_t len)
 {
-  unsigned c = size_class (len);
+  unsigned c = size_class (len), d;
+  gint64 now = g_get_monotonic_time ();
 
   if (p == NULL)
     return;
   {
     LOCK_FOR_SCOPE (&lock);
+    for (d = 0; d < SIZES; ++d)
+      if (now - last_asked[d] > IDLE_SECONDS * G_USEC_PER_SEC)
+        drop_class (d);
     if (free_bufs[c] == NULL)
       free_bufs[c] = g_ptr_array_new ();
     if (!trimmed && free_bytes + class_bytes (c) <= KEEP_BYTES) {
@@ -126,9 +146,7 @@ buf_trim (void)
 
   trimmed = true;
   for (c = 0; c < SIZES; ++c)
-    while (free_bufs[c] && free_bufs[c]->len > 0)
-      munmap (g_ptr_array_steal_index_fast (free_bufs[c], 0), class_bytes (c));
-  free_bytes = 0;
+    drop_class (c);
 }
 
 #endif /* !__SANITIZE_ADDRESS__ */

@@ -8,8 +8,9 @@
  * instead: a buffer is made only when none of its size is free, so
  * the memory follows what is in use at once (two requests in flight
  * under a rate cap: two of each), and goes back to the system when
- * more are free than the pool keeps (32 MiB), and all of it once the
- * copy is over.  Aligned for O_DIRECT.
+ * more are free than the pool keeps (32 MiB), when no one asked for
+ * its size for a second, and all of it once the copy is over.
+ * Aligned for O_DIRECT.
  *
  * Bottom layer: depends on nothing else in filter/.  Every function
  * takes the pool's own lock for its own scope.

@@ -227,8 +227,7 @@ reply_status (GString *out)
   g_string_append_printf (out, ",\"connections_wanted\":%u", wanted);
   g_string_append_printf (out, ",\"connections_abandoned\":%u", abandoned);
   g_string_append_printf (out, ",\"request_bytes\":%" PRIu32,
-                          upstream_request_limit (
-                            blk_size, MAX (1, cfg.request_size / blk_size) * blk_size));
+                          bgcopy_request_bytes ());
   g_string_append_printf (out, ",\"failed_blocks\":%" PRIu64, nfailed);
   g_string_append (out, ",\"failed_offsets\":[");
   for (i = 0; i < nfirst; ++i)

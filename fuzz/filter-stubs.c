@@ -40,18 +40,13 @@ blk_failed_blocks (uint64_t *first, size_t max, size_t *n)
 }
 
 double bgcopy_current_rate (void) { return 0; }
+uint32_t bgcopy_request_bytes (void) { return 4 << 20; }
 void bgcopy_kick (void) { }
 int bgcopy_start_relocation (const char *why) { (void) why; return 0; }
 
 bool upstream_connected (void) { return false; }
 void upstream_reconnect (void) { }
 
-uint32_t
-upstream_request_limit (uint32_t block, uint32_t most)
-{
-  (void) block;
-  return most;
-}
 
 void
 upstream_counts (unsigned *up, unsigned *wanted, unsigned *abandoned)

@@ -35,17 +35,24 @@ start_dest dst2 src2 "$tmp/dst2.img" relocate-start=immediate "${group[@]}"
 share_is dst1 $((limit / 2)) && share_is dst2 $((limit / 2)) ||
     fail "two relocations do not share the budget"
 
+# Requests of a sixteenth of a second of the share at most (a power
+# of two of blocks, at least one): 64K of 1 MiB/s.
+for d in dst1 dst2; do
+    req=$(status_field $d request_bytes)
+    [ "$req" -le $((limit / 2 / 16)) ] ||
+        fail "$d sends requests of $req bytes with a share of $((limit / 2)) bytes/s"
+done
 # Within the budget: present bytes of both, over 6 s, at most the
-# budget's worth plus one 4M request each (the first of a burst goes
-# at once).
+# budget's worth plus one request each (the first of a burst goes at
+# once).
 p0=$(( $(status_field dst1 present_bytes) + $(status_field dst2 present_bytes) ))
 t0=$(date +%s.%N)
 sleep 6
 p1=$(( $(status_field dst1 present_bytes) + $(status_field dst2 present_bytes) ))
-most=$(awk -v t="$(since "$t0")" -v l=$limit 'BEGIN { printf "%d", l * t + 2 * 4194304 }')
+most=$(awk -v t="$(since "$t0")" -v l=$limit -v r="$req" 'BEGIN { printf "%d", l * t + 2 * r }')
 [ $((p1 - p0)) -le "$most" ] ||
     fail "the group copied $((p1 - p0)) bytes in $(since "$t0") s: over its budget ($most)"
-echo "two relocations copied $((p1 - p0)) bytes in $(since "$t0") s (budget $limit bytes/s)"
+echo "two relocations copied $((p1 - p0)) bytes in $(since "$t0") s (budget $limit bytes/s, requests of $req bytes)"
 
 start_dest dst3 src3 "$tmp/dst3.img" relocate-start=immediate "${group[@]}"
 share_is dst1 $((limit / 3)) || fail "a third relocation did not get a share"
