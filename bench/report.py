@@ -289,23 +289,30 @@ def report(R):
         L.append("%d images of %d MiB (even ones dense, odd ones an eighth "
                  "data), from one nbdkit file dir=; the link capped at "
                  "%.0f MiB/s. Rate at the source: the highest over any 2 s "
-                 "(its rchar). RSS, threads: per relocation, the largest. "
+                 "(its rchar). RSS, threads: per relocation, the largest: over "
+                 "the whole run (VmHWM: with the share of the link a "
+                 "relocation has alone at the start and once others "
+                 "completed), and while all %d copy together (VmRSS every "
+                 "0.1 s, from when each has seen all %d copying to the "
+                 "first completion). "
                  "Idle CPU: all %d filters over the 3 s after the last "
                  "completed.\n" % (F["n"], F["each"] // MiB, F["link"] / MiB,
-                                    F["n"]))
-        L.append("| method | time s | ratio | source MiB/s (peak 2 s) | budget MiB/s | peak / budget | peak RSS MiB | threads | CPU s (sum) | idle CPU s |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                                    F["n"], F["n"], F["n"]))
+        L.append("| method | time s | ratio | source MiB/s (peak 2 s) | budget MiB/s | peak / budget | peak RSS MiB | peak RSS MiB, all copying | threads | CPU s (sum) | idle CPU s |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         base = med(F["runs"].get("nbdcopy x8", []), "time_s")
         for name, rs in F["runs"].items():
             t = med(rs, "time_s")
             peak = med(rs, "src_peak_rate")
             lim = rs[0].get("limit")
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 name, fmt(t), fmt(ratio(t, base)),
                 fmt(peak / MiB if peak else None, "%.1f"),
                 fmt(lim / MiB, "%.0f") if lim else "-",
                 fmt(ratio(peak, lim)) if lim else "-",
                 fmt(max(rs[0]["rss_kib"]) / 1024, "%.0f") if "rss_kib" in rs[0] else "-",
+                fmt(max(rs[0]["rss_together_kib"]) / 1024, "%.0f")
+                if None not in rs[0].get("rss_together_kib", [None]) else "-",
                 max(rs[0]["threads"]) if "threads" in rs[0] else "-",
                 fmt(sum(rs[0]["cpu_s"]), "%.1f") if "cpu_s" in rs[0] else "-",
                 fmt(rs[0]["idle_cpu_s"]) if "idle_cpu_s" in rs[0] else "-"))

@@ -69,6 +69,29 @@ def threads(pid):
     return 0
 
 
+def rss_now(pid):
+    """VmRSS in KiB of a live process."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def together(b, t0, timeout=10.0):
+    """When (since t0) every relocation has seen all N copying, or
+    None after timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if all(b.status("f%d" % i)["group_copying"] >= N for i in range(N)):
+                return time.monotonic() - t0
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.05)
+    return None
+
+
 def relocate_all(b, d, names, limit, verify):
     local = os.path.join(b.tmp, "fleet-local")
     os.makedirs(local, exist_ok=True)
@@ -86,6 +109,8 @@ def relocate_all(b, d, names, limit, verify):
                             "relocate-rate-group-limit=%d" % limit])
     pids = [b.procs.pid("f%d" % i) for i in range(N)]
     most_threads = [0] * N
+    rss = Sampler(lambda: [rss_now(p) for p in pids], t0, interval=0.1)
+    t_all = together(b, t0)
 
     def count_threads():
         for i, p in enumerate(pids):
@@ -108,6 +133,11 @@ def relocate_all(b, d, names, limit, verify):
         w.join()
     t = time.monotonic() - t0
     thr.stop()
+    # The largest RSS while all N copy together: from when each had
+    # seen the N copying until the first completed.
+    rss_together = [max((v[i] for ts, v in rss.stop()
+                         if t_all is not None and t_all <= ts <= min(done)),
+                        default=None) for i in range(N)]
     # A complete relocation is idle: CPU over 3 s after the last one.
     cpu_done = [proc_cpu(p)[0] for p in pids]
     time.sleep(3)
@@ -116,7 +146,8 @@ def relocate_all(b, d, names, limit, verify):
     r = dict(time_s=t, each_s=done, limit=limit, source_read=samples,
              src_peak_rate=peak_rate(samples),
              src_mean_rate=samples[-1][1] / samples[-1][0] if samples else None,
-             rss_kib=[proc_cpu(p)[1] for p in pids], cpu_s=cpu_done,
+             rss_kib=[proc_cpu(p)[1] for p in pids], rss_together_kib=rss_together,
+             cpu_s=cpu_done,
              threads=most_threads, idle_cpu_s=idle_cpu,
              local_allocated=sum(allocated(os.path.join(local, n))
                                  for n in names))
@@ -213,10 +244,13 @@ def run(b):
                 limit = link if m.endswith("=link") else link // 2
                 r = relocate_all(b, d, names, limit, verify=rep == 0)
                 log("  %.2f s; at the source %.1f MiB/s at most (budget "
-                    "%.1f), peak RSS %d MiB at most, %d threads at most, "
-                    "%.2f s CPU idle" % (
+                    "%.1f), peak RSS %d MiB at most (%s with all %d copying), "
+                    "%d threads at most, %.2f s CPU idle" % (
                         r["time_s"], (r["src_peak_rate"] or 0) / MiB, limit / MiB,
-                        max(r["rss_kib"]) // 1024, max(r["threads"]),
+                        max(r["rss_kib"]) // 1024,
+                        max(r["rss_together_kib"] or [0]) // 1024
+                        if None not in r["rss_together_kib"] else "-", N,
+                        max(r["threads"]),
                         r["idle_cpu_s"]))
             else:
                 r = nbdcopy_all(b, d, names, verify=rep == 0)
