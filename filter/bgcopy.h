@@ -25,8 +25,8 @@ void bgcopy_stop (void);
 double bgcopy_current_rate (void);
 
 /* The largest background request now, bytes: what the link carries
- * in a quarter of relocate-timeout, and a sixteenth of a second of the
- * rate cap in force.
+ * in a quarter of relocate-timeout, and in a rate group a sixteenth of
+ * a second of the cap in force.
  */
 uint32_t bgcopy_request_bytes (void);
 
