@@ -44,10 +44,11 @@ buf_trim (void)
  * (2^30); smaller requests get a 64K one.  The pool keeps free
  * buffers of KEEP_BYTES in all: half of what the background copy has
  * in flight at once with the defaults (8 requests of 4M, a buffer for
- * the reply and one to store it), all of it with 16 of 1M.  A size no
- * one asked for in IDLE_SECONDS goes back to the system: the copy's
- * requests follow its rate cap, and a size it no longer asks for would
- * otherwise stay for good.
+ * the reply and one to store it), all of it with 16 of 1M.  Free
+ * buffers of a size no one asked for in IDLE_SECONDS go back to the
+ * system when the next buffer is given back: the copy's requests
+ * follow its rate group's share, and a size it no longer asks for
+ * would otherwise stay for good.
  */
 #define MIN_SHIFT 16
 #define SIZES (31 - MIN_SHIFT)
@@ -104,38 +105,45 @@ buf_get (size_t len)
   return p == MAP_FAILED ? NULL : p;
 }
 
-/* Unmap the free buffers of class c; caller holds lock. */
-static void
-drop_class (unsigned c)
-{
-  while (free_bufs[c] && free_bufs[c]->len > 0) {
-    munmap (g_ptr_array_steal_index_fast (free_bufs[c], 0), class_bytes (c));
-    free_bytes -= class_bytes (c);
-  }
-}
-
 void
 buf_put (void *p, size_t len)
 {
   unsigned c = size_class (len), d;
   gint64 now = g_get_monotonic_time ();
+  GPtrArray *idle[SIZES] = { NULL };
+  bool kept = false;
+  guint i;
 
   if (p == NULL)
     return;
   {
     LOCK_FOR_SCOPE (&lock);
+    /* Sizes no one asks for any more: taken out of the pool here,
+     * unmapped once the lock is released.
+     */
     for (d = 0; d < SIZES; ++d)
-      if (now - last_asked[d] > IDLE_SECONDS * G_USEC_PER_SEC)
-        drop_class (d);
+      if (free_bufs[d] && free_bufs[d]->len > 0 &&
+          now - last_asked[d] > IDLE_SECONDS * G_USEC_PER_SEC) {
+        idle[d] = free_bufs[d];
+        free_bufs[d] = NULL;
+        free_bytes -= idle[d]->len * class_bytes (d);
+      }
     if (free_bufs[c] == NULL)
       free_bufs[c] = g_ptr_array_new ();
     if (!trimmed && free_bytes + class_bytes (c) <= KEEP_BYTES) {
       g_ptr_array_add (free_bufs[c], p);
       free_bytes += class_bytes (c);
-      return;
+      kept = true;
     }
   }
-  munmap (p, class_bytes (c));
+  if (!kept)
+    munmap (p, class_bytes (c));
+  for (d = 0; d < SIZES; ++d)
+    if (idle[d]) {
+      for (i = 0; i < idle[d]->len; ++i)
+        munmap (g_ptr_array_index (idle[d], i), class_bytes (d));
+      g_ptr_array_free (idle[d], true);
+    }
 }
 
 void
@@ -146,7 +154,9 @@ buf_trim (void)
 
   trimmed = true;
   for (c = 0; c < SIZES; ++c)
-    drop_class (c);
+    while (free_bufs[c] && free_bufs[c]->len > 0)
+      munmap (g_ptr_array_steal_index_fast (free_bufs[c], 0), class_bytes (c));
+  free_bytes = 0;
 }
 
 #endif /* !__SANITIZE_ADDRESS__ */

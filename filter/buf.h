@@ -6,11 +6,10 @@
  * that freed them, so a relocation's memory grew to what every thread
  * had ever held (80 MiB with the defaults).  These come from a pool
  * instead: a buffer is made only when none of its size is free, so
- * the memory follows what is in use at once (two requests in flight
- * under a rate cap: two of each), and goes back to the system when
- * more are free than the pool keeps (32 MiB), when no one asked for
- * its size for a second, and all of it once the copy is over.
- * Aligned for O_DIRECT.
+ * the memory follows what is in use at once, and goes back to the
+ * system when more are free than the pool keeps (32 MiB), when no one
+ * asked for its size for a second (at the next buffer given back), and
+ * all of it once the copy is over.  Aligned for O_DIRECT.
  *
  * Bottom layer: depends on nothing else in filter/.  Every function
  * takes the pool's own lock for its own scope.

@@ -196,6 +196,7 @@ group_open (void)
 
  err:
   me = -1;
+  cap = 0;
   close (fd);
   fd = -1;
   return -1;

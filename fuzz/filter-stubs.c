@@ -47,7 +47,6 @@ int bgcopy_start_relocation (const char *why) { (void) why; return 0; }
 bool upstream_connected (void) { return false; }
 void upstream_reconnect (void) { }
 
-
 void
 upstream_counts (unsigned *up, unsigned *wanted, unsigned *abandoned)
 {

@@ -4,10 +4,11 @@
 #   setup_host NAME HOST_UUID and wait_daemon NAME: a libvirtd of its
 #     own per host (see test-libvirt-migrate.sh for what is private),
 #     the hook from this tree installed in it, its relocation servers
-#     on SERVE_PORTS (4) ports; HOOK_CONF_EXTRA lines are added to
-#     every host's hook.conf;
-#   uri_of NAME, domain_xml, hmp, guest_writes, status_of_ctl, pid_in,
-#     kill_pid, free_range and elapsed;
+#     on SERVE_PORTS (4) ports, standby_timeout = STANDBY (6);
+#     HOOK_CONF_EXTRA lines are added to every host's hook.conf;
+#   uri_of NAME, domain_xml, hmp (on disk number DISK, 0),
+#     guest_writes, status_of_ctl, pid_in, kill_pid, free_range and
+#     elapsed;
 #   the cluster's certificates in $tmp/pki, nbdkit for the hook in
 #     $tmp/bin, and an EXIT trap that stops every daemon, QEMU and
 #     relocation server these hosts started.

@@ -42,6 +42,7 @@ done
 # ---- two hosts, one budget on each ----
 SERVE_PORTS=10
 HOOK_CONF_EXTRA="rate_group = 8M"
+STANDBY=30                      # four QEMUs start at once, under TCG
 setup_host A 9a0c0a0a-0000-4000-8000-0000000000fa
 setup_host B 9a0c0b0b-0000-4000-8000-0000000000fb
 wait_daemon A

@@ -78,11 +78,11 @@ def rss_now(pid):
     return 0
 
 
-def together(b, t0, timeout=10.0):
+def together(b, t0, over, timeout=10.0):
     """When (since t0) every relocation has seen all N copying, or
-    None after timeout."""
+    None once over() or after timeout."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while time.monotonic() < end and not over():
         try:
             if all(b.status("f%d" % i)["group_copying"] >= N for i in range(N)):
                 return time.monotonic() - t0
@@ -110,7 +110,6 @@ def relocate_all(b, d, names, limit, verify):
     pids = [b.procs.pid("f%d" % i) for i in range(N)]
     most_threads = [0] * N
     rss = Sampler(lambda: [rss_now(p) for p in pids], t0, interval=0.1)
-    t_all = together(b, t0)
 
     def count_threads():
         for i, p in enumerate(pids):
@@ -126,7 +125,12 @@ def relocate_all(b, d, names, limit, verify):
         subprocess.run([b.ctl, "wait", b.procs.path("f%d" % i, "ctl")],
                        check=True, stdout=subprocess.DEVNULL)
         done[i] = time.monotonic() - t0
+    t_all = []
+
+    def watch():
+        t_all.append(together(b, t0, lambda: any(x is not None for x in done)))
     ws = [threading.Thread(target=wait, args=(i,)) for i in range(N)]
+    ws.append(threading.Thread(target=watch))
     for w in ws:
         w.start()
     for w in ws:
@@ -135,8 +139,9 @@ def relocate_all(b, d, names, limit, verify):
     thr.stop()
     # The largest RSS while all N copy together: from when each had
     # seen the N copying until the first completed.
-    rss_together = [max((v[i] for ts, v in rss.stop()
-                         if t_all is not None and t_all <= ts <= min(done)),
+    rs = rss.stop()
+    rss_together = [max((v[i] for ts, v in rs
+                         if t_all[0] is not None and t_all[0] <= ts <= min(done)),
                         default=None) for i in range(N)]
     # A complete relocation is idle: CPU over 3 s after the last one.
     cpu_done = [proc_cpu(p)[0] for p in pids]
