@@ -32,7 +32,6 @@ each way and duration to stderr.
 
 import argparse
 import collections
-import errno
 import os
 import selectors
 import signal

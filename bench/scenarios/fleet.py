@@ -61,19 +61,11 @@ def peak_rate(samples, window=2.0):
     return best
 
 
-def threads(pid):
+def proc_status(pid, key):
+    """A number from /proc/PID/status: Threads, or VmRSS in KiB."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return 0
-
-
-def rss_now(pid):
-    """VmRSS in KiB of a live process."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -109,12 +101,12 @@ def relocate_all(b, d, names, limit, verify):
                             "relocate-rate-group-limit=%d" % limit])
     pids = [b.procs.pid("f%d" % i) for i in range(N)]
     most_threads = [0] * N
-    rss = Sampler(lambda: [rss_now(p) for p in pids], t0, interval=0.1)
+    rss = Sampler(lambda: [proc_status(p, "VmRSS") for p in pids], t0, interval=0.1)
 
     def count_threads():
         for i, p in enumerate(pids):
             try:
-                most_threads[i] = max(most_threads[i], threads(p))
+                most_threads[i] = max(most_threads[i], proc_status(p, "Threads"))
             except OSError:
                 pass
         return 0
