@@ -15,7 +15,10 @@ connection is a pipe that:
   or full connection never holds up another);
 - paces each connection to --conn-rate bytes/s (a token bucket with
   no burst credit), and all connections of one direction together to
-  --link-rate (0 = no link cap) in the order their data arrived;
+  --link-rate (0 = no link cap): the link sends chunks one at a time
+  in the order their connections release them, and is never idle
+  while one is waiting (a chunk that its connection releases later
+  does not hold a place on the link before then);
 - keeps at most one bandwidth-delay product in flight, like a TCP
   window: bytes read count against the window until RTT/2 after they
   were written on (the ACK's way back), and the pipe stops reading its
@@ -32,6 +35,7 @@ each way and duration to stderr.
 
 import argparse
 import collections
+import heapq
 import os
 import selectors
 import signal
@@ -57,11 +61,32 @@ def seconds(s):
 
 
 class Link:
-    """What the connections of one direction share: a rate cap."""
+    """What the connections of one direction share: a rate cap.  A
+    chunk waits in a heap by when its connection releases it; once that
+    time has come the link sends it after the chunks released before
+    it (first come, first served, work-conserving)."""
 
     def __init__(self, rate):
         self.rate = rate
-        self.next = 0.0
+        self.free = 0.0                 # when the link is next idle
+        self.waiting = []               # heap: (released, seq, chunk, done)
+        self.seq = 0
+
+    def add(self, released, chunk, done):
+        """chunk ([ready, ...] of a pipe's queue) leaves its connection
+        at done; its ready time is set once the link has sent it."""
+        self.seq += 1
+        heapq.heappush(self.waiting, (released, self.seq, chunk, done))
+
+    def deadline(self):
+        return self.waiting[0][0] if self.waiting else None
+
+    def run(self, now, delay):
+        """Send every chunk released by now, in release order."""
+        while self.waiting and self.waiting[0][0] <= now:
+            released, _, chunk, done = heapq.heappop(self.waiting)
+            self.free = max(self.free, released) + len(chunk[1]) / self.rate
+            chunk[0] = max(done, self.free) + delay
 
 
 class Pipe:
@@ -94,7 +119,7 @@ class Pipe:
 
     def deadline(self):
         d = []
-        if self.queue and not self.blocked:
+        if self.queue and not self.blocked and self.queue[0][0] is not None:
             d.append(self.queue[0][0])
         if self.acks:
             d.append(self.acks[0][0])
@@ -124,11 +149,11 @@ class Pipe:
             start = max(t, self.next)
             end = start + (n / self.rate if self.rate else 0)
             self.next = end
+            chunk = [end + self.delay, data, 0, False]
             if self.link.rate:
-                start = max(start, self.link.next)
-                self.link.next = start + n / self.link.rate
-                end = max(end, self.link.next)
-            self.queue.append([end + self.delay, data, 0, False])
+                chunk[0] = None         # set by the link
+                self.link.add(start, chunk, end)
+            self.queue.append(chunk)
 
     def on_writable(self, now):
         self.blocked = False
@@ -145,7 +170,8 @@ class Pipe:
                 self.opened = t
         if self.opened is not None:
             self.on_readable(now)
-        while self.queue and self.queue[0][0] <= now and not self.blocked:
+        while (self.queue and self.queue[0][0] is not None
+               and self.queue[0][0] <= now and not self.blocked):
             q = self.queue[0]
             try:
                 k = self.dst.send(memoryview(q[1])[q[2]:])
@@ -274,8 +300,12 @@ class Relay:
     def serve(self):
         while True:
             now = time.monotonic()
+            for link in self.links:
+                link.run(now, self.args.rtt / 2)
             ds = [d for c in self.conns for p in (c.up, c.down)
                   for d in (p.deadline(),) if d is not None]
+            ds += [d for d in (link.deadline() for link in self.links)
+                   if d is not None]
             timeout = max(0.0, min(ds) - now) if ds else None
             for key, mask in self.sel.select(timeout):
                 now = time.monotonic()
@@ -284,6 +314,8 @@ class Relay:
                 elif not key.data.closed:
                     key.data.event(key.fileobj, mask, now)
             now = time.monotonic()
+            for link in self.links:
+                link.run(now, self.args.rtt / 2)
             for c in list(self.conns):
                 for p in (c.up, c.down):
                     if not c.closed:
