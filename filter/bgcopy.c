@@ -52,9 +52,9 @@ static pthread_t mapper_thread;
 #define QUIET_WORKERS(n) ((n) / 8 > 0 ? (n) / 8 : 1)
 
 /* The largest background request while the guest fetches on demand
- * (a fetch ended within FETCHING_SECONDS): what the source sends for
- * one goes into the same bottleneck queue as the guest's fetches, ahead
- * of them.
+ * (a fetch ended within FETCHING_SECONDS), or, in a rate group, any
+ * member's guest: what the source sends for one goes into the same
+ * bottleneck queue as the guest's fetches, ahead of them.
  */
 #define QUIET_REQUEST (256 * 1024)
 #define FETCHING_SECONDS 1.0
@@ -225,9 +225,10 @@ pow2_floor (uint64_t n)
 }
 
 /* The largest background request now, in blocks: no more than the
- * link carries in a quarter of the timeout, and in a rate group
+ * link carries in a quarter of the timeout; in a rate group
  * RATE_SLICE of the cap, in a power of two of blocks (the share moves
- * all the time: requests of a few sizes reuse the same buffers).
+ * all the time: requests of a few sizes reuse the same buffers); while
+ * a guest fetches, QUIET_REQUEST.  Caller holds lock.
  */
 static uint64_t
 request_blocks (uint64_t rate)
@@ -237,12 +238,17 @@ request_blocks (uint64_t rate)
 
   if (rate > 0 && group_cap () > 0)
     fit = MIN (fit, pow2_floor ((uint64_t) (rate * RATE_SLICE) / blk_size));
+  if ((demand_at > 0 && state_now () - demand_at < FETCHING_SECONDS) ||
+      group_guest_fetching ())
+    fit = MIN (fit, MAX (1, QUIET_REQUEST / blk_size));
   return fit;
 }
 
 uint32_t
 bgcopy_request_bytes (void)
 {
+  LOCK_FOR_SCOPE (&lock);
+
   return request_blocks (rate_cap ()) * blk_size;
 }
 
@@ -295,8 +301,7 @@ worker (void *arg)
     }
     /* Claim only now: a claimed block makes the guest wait for it.
      * While the guest does I/O, half of request_blocks: shorter bursts
-     * of work for the threads that receive them; while it fetches,
-     * QUIET_REQUEST at most.
+     * of work for the threads that receive them.
      */
     rate = rate_cap ();
     fit = request_blocks (rate);
@@ -308,8 +313,6 @@ worker (void *arg)
     }
     if (state_client_active ())
       fit = MAX (1, fit / 2);
-    if (demand_at > 0 && state_now () - demand_at < FETCHING_SECONDS)
-      fit = MAX (1, MIN (fit, QUIET_REQUEST / blk_size));
     claimed = claim_locked (fit, &first, &n);
     if (!claimed) {
       wait_kick (20);           /* the rest is busy, unmapped or present */

@@ -221,6 +221,8 @@ reply_status (GString *out)
   g_string_append_printf (out, ",\"group_share\":%" PRIu64, group_cap ());
   g_string_append_printf (out, ",\"group_copying\":%u", group_copying);
   g_string_append_printf (out, ",\"group_demand\":%" PRIu64, group_demand);
+  g_string_append_printf (out, ",\"group_guest_fetching\":%s",
+                          group_guest_fetching () ? "true" : "false");
   g_string_append_printf (out, ",\"upstream_connected\":%s",
                           up > 0 ? "true" : "false");
   g_string_append_printf (out, ",\"connections\":%u", up);

@@ -7,10 +7,13 @@
  * for its guest.  Every coordinator pass each member updates its slot
  * under flock and takes as its background cap an equal share of what
  * the guests' fetches leave of the limit: the guests' fetches are
- * never held back and go before any member's background copy; the
- * shares are divided again as members start, pause, finish or die (a
- * slot whose process is gone, or that has not looked in for two
- * seconds, no longer counts).
+ * never held back and go before any member's background copy.  While
+ * any member's guest fetches, the copies together take only part of
+ * the limit and send smaller requests, so that no queue of theirs
+ * builds on the link ahead of the guest's fetches.  The shares are
+ * divided again as members start, pause, finish or die (a slot whose
+ * process is gone, or that has not looked in for two seconds, no
+ * longer counts).
  *
  * Bottom layer beside pace.c: depends on params.c and state.c only;
  * bgcopy.c drives it and asks for the cap, control.c shows it.  Every
@@ -39,6 +42,9 @@ void group_tick (bool copying, uint64_t demand_bytes);
 
 /* This relocation's share of the budget, bytes/s; 0 = no group. */
 uint64_t group_cap (void);
+
+/* Has a member's guest fetched on demand within the last second? */
+bool group_guest_fetching (void);
 
 /* For status: members copying now, and the guests' fetches of all
  * members, bytes/s.  Both 0 without a group.

@@ -87,6 +87,46 @@ wait $reader || fail "the guest's reads on dst2 failed"
     fail "while dst2's guest fetched, dst1's share went down only to $low"
 echo "while dst2's guest fetched, dst1's share went down to $low"
 
+# While any guest in the group fetches, however little, the copies
+# together take at most three quarters of the budget: on a link filled
+# to the budget their replies would queue ahead of the guest's fetches.
+# A guest reads 64K of dst2's absent data every 0.2 s (320K/s: without
+# this, dst1's share would stay above (limit - 400K) / 2), from its end
+# backwards, so that dst2's copy, which goes on after a guest's fetch,
+# never gets there first.
+quiet=$((limit * 3 / 4 / 2))
+for i in $(seq 100); do           # the first guest's fetches forgotten
+    [ "$(status_field dst1 group_share)" -gt "$quiet" ] &&
+        [ "$(status_field dst1 group_guest_fetching)" = false ] && break
+    sleep 0.1
+done
+$PY - "$(uri dst2)" <<'PYEOF' &
+import sys, time, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+for i in range(15):
+    h.pread(65536, (63 - i) << 20); time.sleep(0.2)
+PYEOF
+reader=$!
+clients+=($reader)
+low=$limit fetching=0
+while kill -0 $reader 2>/dev/null; do
+    s=$(status_field dst1 group_share)
+    [ "$s" -lt "$low" ] && low=$s
+    [ "$(status_field dst1 group_guest_fetching)" = true ] && fetching=$((fetching + 1))
+    sleep 0.2
+done
+wait $reader || fail "the guest's reads on dst2 failed"
+[ "$fetching" -gt 0 ] || fail "dst1 never saw dst2's guest fetching"
+[ "$low" -le "$quiet" ] ||
+    fail "while dst2's guest fetched a little, dst1's share went down only to $low, not to $quiet"
+for i in $(seq 50); do
+    [ "$(status_field dst1 group_guest_fetching)" = false ] && break
+    sleep 0.1
+done
+[ "$(status_field dst1 group_guest_fetching)" = false ] ||
+    fail "dst1 still sees a guest fetching 5 s after the last fetch"
+echo "while dst2's guest fetched 320K/s, dst1's share went down to $low (three quarters: $quiet)"
+
 # Completion gives the share back. dst2 pauses meanwhile (as it does
 # not copy, its share is what it would have: half of the budget while
 # dst1 copies, all of it once dst1 is done); a guest then reads the
