@@ -91,6 +91,17 @@ static unsigned demand_fetches;         /* demand fetches in progress */
 #define MAX_RUNS 16
 #define MAX_RUN_BYTES (32 * 1024 * 1024)
 
+/* A client's read does not wait for the local disk: once its fetch
+ * has arrived and is served, the storer thread writes it, its blocks
+ * busy meanwhile (a busy disk, the copy's writes or another
+ * relocation's sync, would add its latency to every fetch).  At most
+ * STORE_BACKLOG bytes wait so; past that a reader stores its own.
+ */
+#define STORE_BACKLOG (16 * 1024 * 1024)
+struct store { uint64_t first, n; void *buf; size_t len; };
+static GThreadPool *storer;
+static uint64_t store_backlog;          /* under lock */
+
 /* Bit b of a bit array (busy, stealable, failed). */
 static bool
 bit_get (const uint64_t *bits, uint64_t b)
@@ -159,9 +170,14 @@ timed_out (uint64_t b, int *err)
   return -1;
 }
 
+/* The storer's job (below). */
+static void store_job (gpointer data, gpointer unused);
+
 int
 blk_open (uint64_t new_size)
 {
+  g_autoptr (GError) gerr = NULL;
+
   cond_init_monotonic (&changed);       /* before any thread waits */
   if (blkfile_open (new_size) == -1)
     return -1;
@@ -174,12 +190,34 @@ blk_open (uint64_t new_size)
     nbdkit_error ("relocate: malloc: %m");
     return -1;
   }
+  if (!all_present) {
+    storer = g_thread_pool_new (store_job, NULL, 1, TRUE, &gerr);
+    if (storer == NULL) {
+      nbdkit_error ("relocate: cannot start the storer thread: %s",
+                    gerr->message);
+      return -1;
+    }
+  }
   return 0;
+}
+
+void
+blk_stop_storing (void)
+{
+  GThreadPool *p;
+
+  pthread_mutex_lock (&lock);
+  p = storer;
+  storer = NULL;                /* from now on readers store their own */
+  pthread_mutex_unlock (&lock);
+  if (p)
+    g_thread_pool_free (p, FALSE, TRUE);  /* after every queued store */
 }
 
 void
 blk_close (void)
 {
+  blk_stop_storing ();
   blkfile_close ();
   free (busy);
   free (failed);
@@ -407,6 +445,42 @@ store_run (int r, uint64_t first, uint64_t n, void *buf, bool background,
   return -1;
 }
 
+/* The storer's job: store a run a client read was served from. */
+static void
+store_job (gpointer data, gpointer unused)
+{
+  struct store *st = data;
+  int err;
+
+  store_run (0, st->first, st->n, st->buf, false, 0, &err);
+  buf_put (st->buf, st->len);
+  pthread_mutex_lock (&lock);
+  store_backlog -= st->len;
+  pthread_mutex_unlock (&lock);
+  g_free (st);
+}
+
+/* Give a fetched run, served already, to the storer with buf: false if
+ * the backlog is full (the caller stores it).
+ */
+static bool
+store_later (uint64_t first, uint64_t n, void *buf, size_t len)
+{
+  struct store *st;
+
+  pthread_mutex_lock (&lock);
+  if (storer == NULL || store_backlog + len > STORE_BACKLOG) {
+    pthread_mutex_unlock (&lock);
+    return false;
+  }
+  store_backlog += len;
+  pthread_mutex_unlock (&lock);
+  st = g_new (struct store, 1);
+  *st = (struct store) { .first = first, .n = n, .buf = buf, .len = len };
+  g_thread_pool_push (storer, st, NULL);
+  return true;
+}
+
 /* Let clients take over the claimed blocks [first, first+n) (they
  * are the caller's), and wake the ones waiting for one of them.
  */
@@ -585,27 +659,59 @@ serve_fetched (char *out, uint64_t offset, uint64_t count,
   return b - a;
 }
 
+/* Fetch a run a client's request claimed; with out, a read: what the
+ * run holds of [offset, offset+count) is copied there at once (*served
+ * counts it) and the storer writes the run behind the client's back.
+ * Returns as fetch_run.
+ */
+static int
+fetch_demand (uint64_t first, uint64_t n, double deadline, char *out,
+              uint64_t offset, uint64_t count, uint64_t *served, int *err)
+{
+  uint64_t len = run_bytes (first, n);
+  void *buf = buf_get (len);
+  int r;
+
+  if (buf == NULL) {
+    *err = errno;
+    nbdkit_error ("relocate: no memory for a fetch: %m");
+    blk_release (first, n);
+    return -1;
+  }
+  r = upstream_pread (buf, len, first * blk_size, deadline, false, err);
+  if (r == 0 && out) {
+    *served += serve_fetched (out, offset, count, buf, first, n);
+    if (store_later (first, n, buf, len))
+      return 0;                 /* buf is the storer's now */
+  }
+  r = store_run (r, first, n, buf, false, deadline, err);
+  buf_put (buf, len);
+  return r;
+}
+
 /* Make every block of [offset, offset+count) present, fetching the
  * absent ones (each run of them in one request) and waiting for the
- * busy ones.  With out, a client's read: what its own fetches bring
- * is copied there, and *served counts those bytes.
+ * busy ones.  With out, a client's read: if its own fetches bring all
+ * of it (no block was present or another's), it is copied there,
+ * *served counts those bytes, and it returns without waiting for them
+ * to be stored.
  */
 static int
 ensure_present (uint64_t offset, uint64_t count, double deadline,
                 char *out, uint64_t *served, int *err)
 {
   uint64_t b0 = offset / blk_size, b1 = (offset + count - 1) / blk_size;
-  uint64_t first[MAX_RUNS], n[MAX_RUNS], b, maxlen = 0;
+  uint64_t first[MAX_RUNS], n[MAX_RUNS], b;
   double limit = deadline + (UPSTREAM_SLOW_FACTOR - 1) * cfg.timeout;
   size_t runs, i;
-  bool waiting;
-  void *buf;
+  uint64_t claimed;
+  bool waiting, whole;
   int r;
 
   for (;;) {
     /* Claim the absent runs that nobody else owns. */
     pthread_mutex_lock (&lock);
-    runs = 0;
+    runs = claimed = 0;
     waiting = false;
     for (b = b0; b <= b1 && runs < MAX_RUNS; ++b) {
       if (bitmap_get (b))
@@ -632,7 +738,9 @@ ensure_present (uint64_t offset, uint64_t count, double deadline,
         n[runs++] = 1;
       }
       set_busy (b, true);        /* a block taken over is already */
+      claimed++;
     }
+    whole = claimed == b1 - b0 + 1;
     if (runs == 0 && !waiting) {
       pthread_mutex_unlock (&lock);
       return 0;                 /* all present */
@@ -656,19 +764,6 @@ ensure_present (uint64_t offset, uint64_t count, double deadline,
     pthread_mutex_unlock (&lock);
 
     /* Fetch them. */
-    for (i = 0; i < runs; ++i)
-      maxlen = MAX (maxlen, run_bytes (first[i], n[i]));
-    buf = buf_get (maxlen);
-    if (buf == NULL) {
-      *err = errno;
-      nbdkit_error ("relocate: no memory for a fetch: %m");
-      pthread_mutex_lock (&lock);
-      demand_fetches--;
-      pthread_mutex_unlock (&lock);
-      for (i = 0; i < runs; ++i)
-        blk_release (first[i], n[i]);
-      return -1;
-    }
     r = 0;
     for (i = 0; i < runs; ++i) {
       if (r == -1) {
@@ -680,18 +775,17 @@ ensure_present (uint64_t offset, uint64_t count, double deadline,
        * it covers that block, not if readahead or another request's
        * run met it.
        */
-      r = fetch_run (first[i], n[i], buf, false, deadline, err);
-      if (r == 0 && out)
-        *served += serve_fetched (out, offset, count, buf, first[i], n[i]);
-      r = r == -1 ? -1 : 0;
+      r = fetch_demand (first[i], n[i], deadline, whole ? out : NULL, offset,
+                        count, served, err) == -1 ? -1 : 0;
       __atomic_store_n (&demand_hint, first[i] + n[i], __ATOMIC_RELAXED);
     }
-    buf_put (buf, maxlen);
     pthread_mutex_lock (&lock);
     demand_fetches--;
     pthread_mutex_unlock (&lock);
     if (r == -1)
       return -1;
+    if (out && *served == count)
+      return 0;                 /* all of it fetched now (maybe not stored) */
     /* Progress: a long request (a 4G cache) gets the timeout again. */
     deadline = MAX (deadline, state_now () + cfg.timeout);
     limit = deadline + (UPSTREAM_SLOW_FACTOR - 1) * cfg.timeout;

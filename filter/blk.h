@@ -7,7 +7,9 @@
  * client write, and two readers of one absent block fetch it once.
  * A client never waits for the background copy's fetch: it takes the
  * block over (fetching it itself), and the background copy then
- * leaves it alone.
+ * leaves it alone.  Nor does a client's read wait for the local disk:
+ * it is answered from its fetch, and a storer thread writes the blocks
+ * (busy until then).
  * Blocks go absent -> busy -> present, or back to absent on failure;
  * a block the source rejects every time is marked failed.
  *
@@ -32,6 +34,11 @@
  */
 int blk_open (uint64_t new_size);
 void blk_close (void);
+
+/* Wait for the stores of fetches served already, and store any later
+ * one at once (in .cleanup, before the last flush).
+ */
+void blk_stop_storing (void);
 
 /* Client operations while relocating or complete. */
 int blk_read (void *buf, uint32_t count, uint64_t offset, int *err);

@@ -146,6 +146,7 @@ relocate_cleanup (nbdkit_backend *backend)
   control_stop ();
   closed = upstream_stop ();
   bgcopy_stop ();
+  blk_stop_storing ();
   if (state_get () != STATE_STANDBY) {
     blk_save_counters ();
     blk_flush (&err);          /* SIGTERM: leave the bitmap durable */
