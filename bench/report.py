@@ -317,6 +317,18 @@ def report(R):
                 fmt(sum(rs[0]["cpu_s"]), "%.1f") if "cpu_s" in rs[0] else "-",
                 fmt(rs[0]["idle_cpu_s"]) if "idle_cpu_s" in rs[0] else "-"))
         L.append("")
+        D = F.get("dense")
+        if D:
+            L.append("Memory with %d dense images of %d MiB (group=link, once): "
+                     "peak RSS per relocation %s MiB over the whole run, %s MiB "
+                     "while all %d copy; %s threads; %.1f s, %.1f CPU s in all, "
+                     "%.2f CPU s idle after.\n" % (
+                         F["n"], F["dense_each"] // MiB,
+                         fmt(max(D["rss_kib"]) / 1024, "%.0f"),
+                         fmt(max(D["rss_together_kib"]) / 1024, "%.0f")
+                         if None not in D["rss_together_kib"] else "-",
+                         F["n"], max(D["threads"]), D["time_s"],
+                         sum(D["cpu_s"]), D["idle_cpu_s"]))
         G = F.get("guest", {})
         if G:
             L.append("The guest's view: fio 4K random reads at depth 1, %d s, "

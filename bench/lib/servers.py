@@ -14,10 +14,12 @@ from .procs import Procs, ctl_status
 PROFILES = {
     "full": dict(dense=2 * GiB, sparse=16 * GiB, sparse_data=1 * GiB,
                  seq=1 * GiB, region=256 * MiB, fio_runtime=10,
-                 scan_default_cap=30, fleet_each=512 * MiB, reps=3),
+                 scan_default_cap=30, fleet_each=512 * MiB,
+                 fleet_dense=2 * GiB, reps=3),
     "quick": dict(dense=256 * MiB, sparse=2 * GiB, sparse_data=128 * MiB,
                   seq=128 * MiB, region=32 * MiB, fio_runtime=3,
-                  scan_default_cap=8, fleet_each=64 * MiB, reps=1),
+                  scan_default_cap=8, fleet_each=64 * MiB,
+                  fleet_dense=128 * MiB, reps=1),
 }
 
 # The network models (see bench/README.md).  "wan" and "lan" are the

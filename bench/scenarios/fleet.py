@@ -19,18 +19,19 @@ NET = "wan-streams"
 METHODS = ("relocate group=link", "relocate group=link/2", "nbdcopy x8")
 
 
-def images(b):
+def images(b, dense=False):
     """N images in one directory, the old host's exports by name: even
-    ones dense random, odd ones sparse (an eighth of them data)."""
-    d = os.path.join(b.tmp, "fleet")
+    ones dense random, odd ones sparse (an eighth of them data); with
+    dense, all of them dense and of fleet_dense bytes."""
+    d = os.path.join(b.tmp, "fleet-dense" if dense else "fleet")
     os.makedirs(d, exist_ok=True)
-    each = b.prof["fleet_each"]
+    each = b.prof["fleet_dense" if dense else "fleet_each"]
     names = []
     for i in range(N):
         name = "disk%d" % i
         p = os.path.join(d, name)
         if not os.path.exists(p):
-            if i % 2 == 0:
+            if dense or i % 2 == 0:
                 make_dense(p, each)
             else:
                 make_sparse(p, each, each // 8, seed=i)
@@ -230,6 +231,26 @@ def guest_view(b, d, names, limit):
     return res
 
 
+def dense_memory(b):
+    """The memory of 8 relocations of dense images (fleet_dense each),
+    all copying at once under the link's budget, once: peak RSS,
+    threads and CPU; the images go afterwards."""
+    d, names = images(b, dense=True)
+    log("fleet %s: %d dense images of %d MiB, group=link" % (
+        NET, N, b.prof["fleet_dense"] // MiB))
+    r = relocate_all(b, d, names, parse_rate(RELAYS[NET]["link_rate"]),
+                     verify=False)
+    log("  %.2f s; peak RSS %d MiB at most (%s with all %d copying), %d "
+        "threads at most" % (
+            r["time_s"], max(r["rss_kib"]) // 1024,
+            max(r["rss_together_kib"] or [0]) // 1024
+            if None not in r["rss_together_kib"] else "-", N,
+            max(r["threads"])))
+    for n in names:
+        rm(os.path.join(d, n))
+    return r
+
+
 def run(b):
     d, names = images(b)
     link = parse_rate(RELAYS[NET]["link_rate"])
@@ -256,5 +277,8 @@ def run(b):
             res.setdefault(m, []).append(r)
         for k, r in guest_view(b, d, names, link).items():
             guest.setdefault(k, []).append(r)
+    for n in names:
+        rm(os.path.join(d, n))
     return dict(n=N, each=b.prof["fleet_each"], net=NET, link=link, runs=res,
-                guest=guest, fio_runtime=b.prof["fio_runtime"])
+                guest=guest, fio_runtime=b.prof["fio_runtime"],
+                dense=dense_memory(b), dense_each=b.prof["fleet_dense"])
