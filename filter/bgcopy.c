@@ -225,10 +225,9 @@ pow2_floor (uint64_t n)
 }
 
 /* The largest background request now, in blocks: no more than the
- * link carries in a quarter of the timeout; in a rate group
+ * link carries in a quarter of the timeout, and in a rate group
  * RATE_SLICE of the cap, in a power of two of blocks (the share moves
- * all the time: requests of a few sizes reuse the same buffers); while
- * a guest fetches, QUIET_REQUEST.  Caller holds lock.
+ * all the time: requests of a few sizes reuse the same buffers).
  */
 static uint64_t
 request_blocks (uint64_t rate)
@@ -238,6 +237,15 @@ request_blocks (uint64_t rate)
 
   if (rate > 0 && group_cap () > 0)
     fit = MIN (fit, pow2_floor ((uint64_t) (rate * RATE_SLICE) / blk_size));
+  return fit;
+}
+
+/* fit blocks, or QUIET_REQUEST if fewer while our guest or, in a rate
+ * group, any member's fetches on demand.  Caller holds lock.
+ */
+static uint64_t
+quiet_blocks (uint64_t fit)
+{
   if ((demand_at > 0 && state_now () - demand_at < FETCHING_SECONDS) ||
       group_guest_fetching ())
     fit = MIN (fit, MAX (1, QUIET_REQUEST / blk_size));
@@ -249,7 +257,7 @@ bgcopy_request_bytes (void)
 {
   LOCK_FOR_SCOPE (&lock);
 
-  return request_blocks (rate_cap ()) * blk_size;
+  return quiet_blocks (request_blocks (rate_cap ())) * blk_size;
 }
 
 /* How long a worker must wait before it may send a request: it
@@ -301,7 +309,8 @@ worker (void *arg)
     }
     /* Claim only now: a claimed block makes the guest wait for it.
      * While the guest does I/O, half of request_blocks: shorter bursts
-     * of work for the threads that receive them.
+     * of work for the threads that receive them; while a guest
+     * fetches, QUIET_REQUEST at most.
      */
     rate = rate_cap ();
     fit = request_blocks (rate);
@@ -313,6 +322,7 @@ worker (void *arg)
     }
     if (state_client_active ())
       fit = MAX (1, fit / 2);
+    fit = quiet_blocks (fit);
     claimed = claim_locked (fit, &first, &n);
     if (!claimed) {
       wait_kick (20);           /* the rest is busy, unmapped or present */

@@ -95,7 +95,9 @@ static unsigned demand_fetches;         /* demand fetches in progress */
  * has arrived and is served, the storer thread writes it, its blocks
  * busy meanwhile (a busy disk, the copy's writes or another
  * relocation's sync, would add its latency to every fetch).  At most
- * STORE_BACKLOG bytes wait so; past that a reader stores its own.
+ * STORE_BACKLOG bytes of data wait so; past that a reader stores its
+ * own.  A store that fails is logged and its blocks are absent again,
+ * as with the background copy's.
  */
 #define STORE_BACKLOG (16 * 1024 * 1024)
 struct store { uint64_t first, n; void *buf; size_t len; };
@@ -473,11 +475,18 @@ store_later (uint64_t first, uint64_t n, void *buf, size_t len)
     pthread_mutex_unlock (&lock);
     return false;
   }
-  store_backlog += len;
-  pthread_mutex_unlock (&lock);
   st = g_new (struct store, 1);
   *st = (struct store) { .first = first, .n = n, .buf = buf, .len = len };
-  g_thread_pool_push (storer, st, NULL);
+  /* Under lock: blk_stop_storing cannot free the pool meanwhile (the
+   * storer takes lock only outside the pool's own).
+   */
+  if (!g_thread_pool_push (storer, st, NULL)) {
+    pthread_mutex_unlock (&lock);
+    g_free (st);
+    return false;
+  }
+  store_backlog += len;
+  pthread_mutex_unlock (&lock);
   return true;
 }
 

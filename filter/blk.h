@@ -7,9 +7,9 @@
  * client write, and two readers of one absent block fetch it once.
  * A client never waits for the background copy's fetch: it takes the
  * block over (fetching it itself), and the background copy then
- * leaves it alone.  Nor does a client's read wait for the local disk:
- * it is answered from its fetch, and a storer thread writes the blocks
- * (busy until then).
+ * leaves it alone.  Nor does a client's read wait for the local disk
+ * when its own fetches bring all of it: it is answered from them, and a
+ * storer thread writes the blocks (busy until then).
  * Blocks go absent -> busy -> present, or back to absent on failure;
  * a block the source rejects every time is marked failed.
  *

@@ -28,8 +28,8 @@
 /* While any member's guest fetches (a fetch within GUEST_SECONDS), the
  * background copies together take at most QUIET_SHARE of the limit:
  * on a link filled to the limit their replies queue ahead of the
- * guest's fetch (bench fleet: p99 2.1 x with the whole limit, 1.2 x
- * with half of it).
+ * guest's fetch (bench fleet: p99 2.1 x with the whole limit, 1.1 x
+ * with three quarters of it).
  */
 #define GUEST_SECONDS 1.0
 #define QUIET_SHARE 0.75
@@ -44,9 +44,12 @@ struct slot {
   double demand;               /* this member's guests' fetches, bytes/s */
 };
 #define SLOT_COPYING 1         /* its background copy runs */
-#define SLOT_FETCHING 2        /* its guest fetched within GUEST_SECONDS
-                                * (members built before this flag leave
-                                * it clear: their guests are not seen) */
+#define SLOT_FETCHING 2        /* its guest fetched within GUEST_SECONDS */
+/* Members built before SLOT_FETCHING share the file: they never set it
+ * (their guests do not make the others yield) and count a slot with
+ * any flag as copying (a member that only fetches costs the others a
+ * share it does not use).  Either way the copies stay under the limit.
+ */
 
 struct group_file {
   char magic[8];

@@ -10,9 +10,10 @@ source "$(dirname "$0")/functions.sh"
 limit=$((2 << 20))              # 2 MiB/s for the group
 group=(relocate-rate-group="$tmp/group" relocate-rate-group-limit=$limit)
 # dst2 has twice dst1's data, so that it is still copying when dst1
-# completes, however slow the machine is.
+# completes, however slow the machine is; dst1 copies for at least 30 s
+# (at most 1 MiB/s while dst2 copies).
 for i in 1 2 3; do
-    random_image "$tmp/src$i.img" $((i == 2 ? 64 : 32))
+    random_image "$tmp/src$i.img" $((i == 2 ? 96 : 48))
     start_source "src$i" "$tmp/src$i.img"
 done
 
@@ -104,7 +105,7 @@ $PY - "$(uri dst2)" <<'PYEOF' &
 import sys, time, nbd
 h = nbd.NBD(); h.connect_uri(sys.argv[1])
 for i in range(15):
-    h.pread(65536, (63 - i) << 20); time.sleep(0.2)
+    h.pread(65536, (95 - i) << 20); time.sleep(0.2)
 PYEOF
 reader=$!
 clients+=($reader)
@@ -116,6 +117,8 @@ while kill -0 $reader 2>/dev/null; do
     sleep 0.2
 done
 wait $reader || fail "the guest's reads on dst2 failed"
+[ "$(status_field dst1 state)" = relocating ] ||
+    fail "dst1 is $(status_field dst1 state): the test needs it copying"
 [ "$fetching" -gt 0 ] || fail "dst1 never saw dst2's guest fetching"
 [ "$low" -le "$quiet" ] ||
     fail "while dst2's guest fetched a little, dst1's share went down only to $low, not to $quiet"
