@@ -294,7 +294,6 @@ static void *
 worker (void *arg)
 {
   uint64_t first, n, fit, rate;
-  void *buf;
   unsigned ms;
   bool claimed;
   int err, r;
@@ -334,20 +333,7 @@ worker (void *arg)
     inflight_bytes += n * blk_size;
     pthread_mutex_unlock (&lock);
 
-    /* A buffer only while a request is in flight: the copy's memory
-     * follows what it has in flight, not how many workers it has.
-     */
-    buf = buf_get (n * blk_size);
-    if (buf == NULL) {
-      nbdkit_error ("relocate: background copy: no memory for %" PRIu64
-                    " bytes: %m", n * blk_size);
-      blk_release (first, n);
-      r = -1;
-    }
-    else {
-      r = blk_fetch_claimed (first, n, buf, &err);
-      buf_put (buf, n * blk_size);
-    }
+    r = blk_fetch_claimed (first, n, &err);
 
     pthread_mutex_lock (&lock);
     inflight--;

@@ -390,7 +390,7 @@ store_fetched (const char *buf, uint64_t first, uint64_t n)
   return 0;
 }
 
-static int fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
+static int fetch_run (uint64_t first, uint64_t n, bool background,
                       double deadline, int *err);
 
 /* Store a claimed run whose fetch ended with r (upstream_pread's
@@ -405,7 +405,7 @@ store_run (int r, uint64_t first, uint64_t n, void *buf, bool background,
 
   if (r == UPSTREAM_REJECTED && n > 1) {
     for (b = first; b < first + n; ++b) {
-      int rb = fetch_run (b, 1, buf, background, deadline, err);
+      int rb = fetch_run (b, 1, background, deadline, err);
       if (rb == -1) {
         if (b + 1 < first + n)
           finish_run (b + 1, first + n - b - 1, false);
@@ -518,15 +518,14 @@ worse (int a, int b)
  * still on offer.  Returns as fetch_run.
  */
 static int
-fetch_background (uint64_t first, uint64_t n, void *buf, double deadline,
-                  int *err)
+fetch_background (uint64_t first, uint64_t n, double deadline, int *err)
 {
   g_autofree bool *own = g_new (bool, n);
-  uint64_t b, end, k;
+  uint64_t b, end, k, len = run_bytes (first, n);
+  void *buf;
   int r, ret = 0;
 
-  r = upstream_pread (buf, run_bytes (first, n), first * blk_size, deadline,
-                      true, err);
+  r = upstream_pread_buf (&buf, len, first * blk_size, deadline, true, err);
   pthread_mutex_lock (&lock);
   for (b = first; b < first + n; ++b) {
     own[b - first] = is_stealable (b);
@@ -543,15 +542,14 @@ fetch_background (uint64_t first, uint64_t n, void *buf, double deadline,
     if (r == UPSTREAM_REJECTED && n > 1) {
       offer (b, end - b);
       for (k = b; k < end; ++k)
-        ret = worse (ret, fetch_background (k, 1, (char *) buf +
-                                            (k - first) * blk_size,
-                                            deadline, err));
+        ret = worse (ret, fetch_background (k, 1, deadline, err));
     }
     else
       ret = worse (ret, store_run (r, b, end - b, (char *) buf +
                                    (b - first) * blk_size, true, deadline,
                                    err));
   }
+  buf_put (buf, len);
   return ret;
 }
 
@@ -562,22 +560,27 @@ fetch_background (uint64_t first, uint64_t n, void *buf, double deadline,
  * (fetch_background).
  */
 static int
-fetch_run (uint64_t first, uint64_t n, void *buf, bool background,
-           double deadline, int *err)
+fetch_run (uint64_t first, uint64_t n, bool background, double deadline,
+           int *err)
 {
+  uint64_t len = run_bytes (first, n);
+  void *buf;
+  int r;
+
   if (background) {
     offer (first, n);
-    return fetch_background (first, n, buf, deadline, err);
+    return fetch_background (first, n, deadline, err);
   }
-  return store_run (upstream_pread (buf, run_bytes (first, n),
-                                    first * blk_size, deadline, false, err),
-                    first, n, buf, false, deadline, err);
+  r = upstream_pread_buf (&buf, len, first * blk_size, deadline, false, err);
+  r = store_run (r, first, n, buf, false, deadline, err);
+  buf_put (buf, len);
+  return r;
 }
 
 int
-blk_fetch_claimed (uint64_t first, uint64_t n, void *buf, int *err)
+blk_fetch_claimed (uint64_t first, uint64_t n, int *err)
 {
-  return fetch_run (first, n, buf, true, state_now () + cfg.timeout, err)
+  return fetch_run (first, n, true, state_now () + cfg.timeout, err)
     == 0 ? 0 : -1;
 }
 
@@ -678,16 +681,10 @@ fetch_demand (uint64_t first, uint64_t n, double deadline, char *out,
               uint64_t offset, uint64_t count, uint64_t *served, int *err)
 {
   uint64_t len = run_bytes (first, n);
-  void *buf = buf_get (len);
+  void *buf;
   int r;
 
-  if (buf == NULL) {
-    *err = errno;
-    nbdkit_error ("relocate: no memory for a fetch: %m");
-    blk_release (first, n);
-    return -1;
-  }
-  r = upstream_pread (buf, len, first * blk_size, deadline, false, err);
+  r = upstream_pread_buf (&buf, len, first * blk_size, deadline, false, err);
   if (r == 0 && out) {
     *served += serve_fetched (out, offset, count, buf, first, n);
     if (store_later (first, n, buf, len))
@@ -847,13 +844,7 @@ fetch_owned_block (uint64_t b, double deadline, int *err)
     *err = EIO;
     return -1;
   }
-  buf = buf_get (len);
-  if (buf == NULL) {
-    *err = errno;
-    nbdkit_error ("relocate: no memory for a fetch: %m");
-    return -1;
-  }
-  r = upstream_pread (buf, len, b * blk_size, deadline, false, err);
+  r = upstream_pread_buf (&buf, len, b * blk_size, deadline, false, err);
   if (r == UPSTREAM_REJECTED) {
     pthread_mutex_lock (&lock);
     set_failed (b, true);

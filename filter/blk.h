@@ -73,11 +73,12 @@ int blk_persist_flag (uint32_t flag);
 bool blk_claim_next (uint64_t *cursor, uint64_t max, uint64_t limit,
                      uint64_t *first, uint64_t *n);
 
-/* Fetch a claimed run from the source into buf (n * blk_size bytes),
- * store it and mark it present; on failure the run is released, and
- * blocks the source rejects every time are marked failed.
+/* Fetch a claimed run from the source, store it and mark it present;
+ * on failure the run is released, and blocks the source rejects every
+ * time are marked failed.  Its data is in memory while its request is
+ * in flight only.
  */
-int blk_fetch_claimed (uint64_t first, uint64_t n, void *buf, int *err);
+int blk_fetch_claimed (uint64_t first, uint64_t n, int *err);
 
 /* Mark a claimed run present as zeroes (punching a hole). */
 int blk_zero_claimed (uint64_t first, uint64_t n, int *err);

@@ -42,9 +42,9 @@ buf_trim (void)
 
 /* Buffers come in sizes of a power of two from 64K (2^16) to 1G
  * (2^30); smaller requests get a 64K one.  The pool keeps free
- * buffers of KEEP_BYTES in all: half of what the background copy has
- * in flight at once with the defaults (8 requests of 4M, a buffer for
- * the reply and one to store it), all of it with 16 of 1M.  Free
+ * buffers of KEEP_BYTES in all: what the background copy has in flight
+ * at once with the defaults (8 requests of 4M, each read into its
+ * reply's buffer and stored from it).  Free
  * buffers of a size no one asked for in IDLE_SECONDS go back to the
  * system when the next buffer is given back: the copy's requests
  * follow its rate group's share, and a size it no longer asks for

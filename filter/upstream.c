@@ -987,12 +987,14 @@ struct piece {
 };
 
 /* Read [offset, offset+count) in aligned pieces the source accepts,
- * in parallel, retrying failures until the deadline.  Caller holds
+ * in parallel, retrying failures until the deadline: into buf, or
+ * with buf NULL into a buffer of its own, set in *bufp on success (the
+ * reply's own when one piece is all of it: no copy).  Caller holds
  * lock.
  */
 static int
-pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
-              bool urgent, int *err)
+pread_locked (char *buf, void **bufp, uint32_t count, uint64_t offset,
+              double deadline, bool urgent, int *err)
 {
   uint64_t start = offset / min_block * min_block;
   uint64_t end = MIN ((offset + count + min_block - 1) / min_block * min_block,
@@ -1000,12 +1002,19 @@ pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
   g_autofree struct piece *p = NULL;
   size_t n = (end - start + max_request - 1) / max_request, i, left;
   double limit = deadline + (UPSTREAM_SLOW_FACTOR - 1) * cfg.timeout;
+  void *own = NULL;
+  bool exact;
   int r = 0;
 
   p = g_new0 (struct piece, n);
   for (i = 0; i < n; ++i) {
     p[i].offset = start + i * (uint64_t) max_request;
     p[i].count = MIN (max_request, end - p[i].offset);
+  }
+  exact = n == 1 && start == offset && p[0].count == count;
+  if (buf == NULL && !exact && (buf = own = buf_get (count)) == NULL) {
+    *err = ENOMEM;
+    return -1;
   }
   for (left = n; left > 0 && r == 0; ) {
     double now = state_now (), next_try = deadline;
@@ -1033,7 +1042,13 @@ pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
         }
         break;                  /* a retry is due: come back */
       }
-      if (req->r == 0) {
+      if (req->r == 0 && buf == NULL) {
+        *bufp = req->buf;       /* the reply is all of it: take it */
+        req->buf = NULL;
+        p[i].count = 0;
+        left--;
+      }
+      else if (req->r == 0) {
         /* Copy the part of the piece that was asked for. */
         uint64_t a = MAX (offset, p[i].offset);
         uint64_t b = MIN (offset + count, p[i].offset + p[i].count);
@@ -1056,12 +1071,17 @@ pread_locked (char *buf, uint32_t count, uint64_t offset, double deadline,
   for (i = 0; i < n; ++i)
     if (p[i].req)
       withdraw (p[i].req);
+  if (own && r == 0)
+    *bufp = own;
+  else if (own)
+    buf_put (own, count);
   return r;
 }
 
-int
-upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
-                bool background, int *err)
+/* upstream_pread into buf, or with buf NULL upstream_pread_buf. */
+static int
+read_source (void *buf, void **bufp, uint32_t count, uint64_t offset,
+             double deadline, bool background, int *err)
 {
   LOCK_FOR_SCOPE (&lock);
   unsigned up, opening, stuck;
@@ -1072,7 +1092,7 @@ upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
     *err = EIO;
     return -1;
   }
-  r = pread_locked (buf, count, offset, deadline, !background, err);
+  r = pread_locked (buf, bufp, count, offset, deadline, !background, err);
   if (r == -1 && giving_up)
     nbdkit_debug ("relocate: the read of %" PRIu32 " bytes at offset %"
                   PRIu64 " from the source was given up: stopping",
@@ -1090,6 +1110,21 @@ upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
                   " bytes at offset %" PRIu64 ": %s", count, offset,
                   g_strerror (*err));
   return r;
+}
+
+int
+upstream_pread (void *buf, uint32_t count, uint64_t offset, double deadline,
+                bool background, int *err)
+{
+  return read_source (buf, NULL, count, offset, deadline, background, err);
+}
+
+int
+upstream_pread_buf (void **bufp, uint32_t count, uint64_t offset,
+                    double deadline, bool background, int *err)
+{
+  *bufp = NULL;
+  return read_source (NULL, bufp, count, offset, deadline, background, err);
 }
 
 int

@@ -62,6 +62,14 @@ void upstream_give_up (void);
 int upstream_pread (void *buf, uint32_t count, uint64_t offset,
                     double deadline, bool background, int *err);
 
+/* upstream_pread into a buffer of count bytes from buf_get, set in
+ * *bufp when it returns 0 (the caller buf_puts it), else NULL.  The
+ * reply's own buffer when one request to the source is all of it: the
+ * data is not copied, and the memory of a read is its data once.
+ */
+int upstream_pread_buf (void **bufp, uint32_t count, uint64_t offset,
+                        double deadline, bool background, int *err);
+
 /* Block status of the source within relocate-timeout.  Fills extents
  * (created by the caller for [offset, offset+count)) from
  * base:allocation; a source without block status reports everything
