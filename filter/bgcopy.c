@@ -34,6 +34,7 @@ static uint64_t last_hint;          /* last demand hint acted on */
 static double rate_debt, rate_debt_t;
 static unsigned inflight;           /* background fetches in progress */
 static uint64_t inflight_bytes;     /* and their bytes */
+static uint64_t most_inflight_bytes; /* the most at once, since nbdkit started */
 static uint64_t demand_seen;        /* fetched_demand at the last pass */
 static double demand_at;            /* when it last grew */
 static uint64_t mapped_blocks;      /* blocks before this have had block status */
@@ -75,6 +76,18 @@ static pthread_t mapper_thread;
  * guest's fetches behind it.
  */
 #define RATE_WINDOW 0.25
+
+/* Nor more than GROUP_WINDOW bytes, in requests of an eighth of it at
+ * most (two on each of 4 connections): the memory for its data that a
+ * relocation has on a host moving many disks at once, also in the
+ * moments it has the whole budget to itself (the first to start, the
+ * last to finish).  Its data is most of a relocation's memory: with a
+ * quarter second of a 1 Gbit/s budget in flight (32 MiB) the first of
+ * 8 relocations of 512 MiB peaked at 35 MiB, at 25 with this.  Enough
+ * for the whole of 1 Gbit/s over a 20 ms round trip; over 100 ms a
+ * relocation alone in its group gets 0.86 x of it.
+ */
+#define GROUP_WINDOW (16 * 1024 * 1024)
 
 /* Block status is asked for this much of the source at a time. */
 #define MAP_CHUNK (UINT64_C (1) << 30)
@@ -226,8 +239,9 @@ pow2_floor (uint64_t n)
 
 /* The largest background request now, in blocks: no more than the
  * link carries in a quarter of the timeout, and in a rate group
- * RATE_SLICE of the cap, in a power of two of blocks (the share moves
- * all the time: requests of a few sizes reuse the same buffers).
+ * RATE_SLICE of the cap and an eighth of GROUP_WINDOW, in a power of
+ * two of blocks (the share moves all the time: requests of a few sizes
+ * reuse the same buffers).
  */
 static uint64_t
 request_blocks (uint64_t rate)
@@ -236,8 +250,9 @@ request_blocks (uint64_t rate)
   uint64_t fit = upstream_request_limit (blk_size, max * blk_size) / blk_size;
 
   if (rate > 0 && group_cap () > 0)
-    fit = MIN (fit, pow2_floor ((uint64_t) (rate * RATE_SLICE) / blk_size));
-  return fit;
+    fit = MIN (fit, pow2_floor ((uint64_t) MIN (rate * RATE_SLICE,
+                                                GROUP_WINDOW / 8) / blk_size));
+  return MAX (1, fit);
 }
 
 /* fit blocks, or QUIET_REQUEST if fewer while our guest or, in a rate
@@ -258,6 +273,15 @@ bgcopy_request_bytes (void)
   LOCK_FOR_SCOPE (&lock);
 
   return quiet_blocks (request_blocks (rate_cap ())) * blk_size;
+}
+
+void
+bgcopy_in_flight (uint64_t *now, uint64_t *most)
+{
+  LOCK_FOR_SCOPE (&lock);
+
+  *now = inflight_bytes;
+  *most = most_inflight_bytes;
 }
 
 /* How long a worker must wait before it may send a request: it
@@ -314,8 +338,8 @@ worker (void *arg)
     rate = rate_cap ();
     fit = request_blocks (rate);
     if (rate > 0 && group_cap () > 0 && inflight_bytes > 0 &&
-        inflight_bytes + fit * blk_size > MAX (rate * RATE_WINDOW,
-                                               2.0 * fit * blk_size)) {
+        inflight_bytes + fit * blk_size >
+        MIN (MAX (rate * RATE_WINDOW, 2.0 * fit * blk_size), GROUP_WINDOW)) {
       wait_kick (100);          /* kicked as a request ends */
       continue;
     }
@@ -331,6 +355,7 @@ worker (void *arg)
       rate_debt += (double) n * blk_size;
     inflight++;
     inflight_bytes += n * blk_size;
+    most_inflight_bytes = MAX (most_inflight_bytes, inflight_bytes);
     pthread_mutex_unlock (&lock);
 
     r = blk_fetch_claimed (first, n, &err);

@@ -26,9 +26,14 @@ double bgcopy_current_rate (void);
 
 /* The largest background request now, bytes: what the link carries
  * in a quarter of relocate-timeout, and in a rate group a sixteenth of
- * a second of the cap in force.
+ * a second of the cap in force and 2M at most.
  */
 uint32_t bgcopy_request_bytes (void);
+
+/* The background copy's bytes in flight now, and the most at once
+ * since nbdkit started.
+ */
+void bgcopy_in_flight (uint64_t *now, uint64_t *most);
 
 /* Wake the threads: the state, pause or rate changed. */
 void bgcopy_kick (void);

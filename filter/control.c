@@ -175,12 +175,13 @@ reply_status (GString *out)
     STAT_GET (skipped_zero);
 
   unsigned up, wanted, abandoned, group_copying;
-  uint64_t group_demand;
+  uint64_t group_demand, in_flight, most_in_flight;
   uint64_t first_failed[8], nfailed;
   size_t nfirst, i;
 
   upstream_last_error (err, sizeof err);
   upstream_counts (&up, &wanted, &abandoned);
+  bgcopy_in_flight (&in_flight, &most_in_flight);
   nfailed = blk_failed_blocks (first_failed, G_N_ELEMENTS (first_failed),
                                &nfirst);
   g_string_append_printf (out, "{\"ok\":true,\"state\":\"%s\"", state_name (state));
@@ -230,6 +231,9 @@ reply_status (GString *out)
   g_string_append_printf (out, ",\"connections_abandoned\":%u", abandoned);
   g_string_append_printf (out, ",\"request_bytes\":%" PRIu32,
                           bgcopy_request_bytes ());
+  g_string_append_printf (out, ",\"in_flight_bytes\":%" PRIu64
+                          ",\"most_in_flight_bytes\":%" PRIu64,
+                          in_flight, most_in_flight);
   g_string_append_printf (out, ",\"failed_blocks\":%" PRIu64, nfailed);
   g_string_append (out, ",\"failed_offsets\":[");
   for (i = 0; i < nfirst; ++i)
