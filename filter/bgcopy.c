@@ -78,7 +78,8 @@ static pthread_t mapper_thread;
 #define RATE_WINDOW 0.25
 
 /* Nor more than GROUP_WINDOW bytes, in requests of an eighth of it at
- * most (two on each of 4 connections): the memory for its data that a
+ * most (at least two on each connection; a block larger than that is
+ * one request, alone in flight): the memory for its data that a
  * relocation has on a host moving many disks at once, also in the
  * moments it has the whole budget to itself (the first to start, the
  * last to finish).  Its data is most of a relocation's memory: with a

@@ -26,7 +26,7 @@ double bgcopy_current_rate (void);
 
 /* The largest background request now, bytes: what the link carries
  * in a quarter of relocate-timeout, and in a rate group a sixteenth of
- * a second of the cap in force and 2M at most.
+ * a second of the cap in force and 2M at most (a block, if larger).
  */
 uint32_t bgcopy_request_bytes (void);
 

@@ -545,9 +545,9 @@ fetch_background (uint64_t first, uint64_t n, double deadline, int *err)
         ret = worse (ret, fetch_background (k, 1, deadline, err));
     }
     else
-      ret = worse (ret, store_run (r, b, end - b, (char *) buf +
-                                   (b - first) * blk_size, true, deadline,
-                                   err));
+      ret = worse (ret, store_run (r, b, end - b,
+                                   buf ? (char *) buf + (b - first) * blk_size
+                                   : NULL, true, deadline, err));
   }
   buf_put (buf, len);
   return ret;

@@ -41,6 +41,7 @@ blk_failed_blocks (uint64_t *first, size_t max, size_t *n)
 
 double bgcopy_current_rate (void) { return 0; }
 uint32_t bgcopy_request_bytes (void) { return 4 << 20; }
+void bgcopy_in_flight (uint64_t *now, uint64_t *most) { *now = *most = 0; }
 void bgcopy_kick (void) { }
 int bgcopy_start_relocation (const char *why) { (void) why; return 0; }
 
