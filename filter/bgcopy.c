@@ -256,14 +256,22 @@ request_blocks (uint64_t rate)
   return MAX (1, fit);
 }
 
+/* Whether our guest fetches on demand: a fetch ended within
+ * FETCHING_SECONDS.  Caller holds lock.
+ */
+static bool
+guest_fetching (void)
+{
+  return demand_at > 0 && state_now () - demand_at < FETCHING_SECONDS;
+}
+
 /* fit blocks, or QUIET_REQUEST if fewer while our guest or, in a rate
  * group, any member's fetches on demand.  Caller holds lock.
  */
 static uint64_t
 quiet_blocks (uint64_t fit)
 {
-  if ((demand_at > 0 && state_now () - demand_at < FETCHING_SECONDS) ||
-      group_guest_fetching ())
+  if (guest_fetching () || group_guest_fetching ())
     fit = MIN (fit, MAX (1, QUIET_REQUEST / blk_size));
   return fit;
 }
@@ -462,7 +470,7 @@ coordinator (void *arg)
   pthread_mutex_lock (&lock);
   while (!stopping) {
     bool relocating = state_get () == STATE_RELOCATING;
-    bool running = copying (), idle = inflight == 0;
+    bool running = copying (), idle = inflight == 0, fetching;
 
     samples[next_sample].t = state_now ();
     samples[next_sample].present = blk_present_bytes ();
@@ -470,11 +478,12 @@ coordinator (void *arg)
       demand_seen = STAT_GET (fetched_demand);
       demand_at = state_now ();
     }
+    fetching = guest_fetching ();
     next_sample = (next_sample + 1) % SAMPLES;
     nsamples = MIN (nsamples + 1, SAMPLES);
     pthread_mutex_unlock (&lock);
     pace_tick (relocating, running, idle);
-    group_tick (running, STAT_GET (fetched_demand));
+    group_tick (running, fetching, STAT_GET (fetched_demand));
     if (relocating) {
       blk_save_counters ();
       if (blk_present_blocks () == blk_nblocks)

@@ -25,13 +25,12 @@
 #define STALE_SECONDS 2.0      /* a slot not looked in for this long is idle */
 #define DEMAND_SECONDS 1.0     /* the guests' fetches, averaged over this */
 #define MIN_SHARE 0.05         /* background copy left when guests take all */
-/* While any member's guest fetches (a fetch within GUEST_SECONDS), the
+/* While any member's guest fetches (group_tick's fetching), the
  * background copies together take at most QUIET_SHARE of the limit:
  * on a link filled to the limit their replies queue ahead of the
  * guest's fetch (bench fleet: p99 2.1 x with the whole limit, 1.1 x
  * with three quarters of it).
  */
-#define GUEST_SECONDS 1.0
 #define QUIET_SHARE 0.75
 
 /* The file: a header and SLOTS slots, read and written whole under
@@ -44,7 +43,7 @@ struct slot {
   double demand;               /* this member's guests' fetches, bytes/s */
 };
 #define SLOT_COPYING 1         /* its background copy runs */
-#define SLOT_FETCHING 2        /* its guest fetched within GUEST_SECONDS */
+#define SLOT_FETCHING 2        /* its guest fetches (group_tick) */
 /* Members built before SLOT_FETCHING share the file: they never set it
  * (their guests do not make the others yield) and count a slot with
  * any flag as copying (a member that only fetches costs the others a
@@ -69,7 +68,6 @@ static unsigned members_copying;
 static uint64_t demand_all;
 static bool quiet;                       /* a member's guest fetches */
 static double demand_rate, last_tick;    /* ours, averaged */
-static double fetched_at;                /* our guest's last fetch seen */
 static uint64_t last_demand_bytes;
 
 /* Read the file under flock: false if it is neither empty (a new
@@ -253,7 +251,7 @@ group_close (void)
 }
 
 void
-group_tick (bool copying, uint64_t demand_bytes)
+group_tick (bool copying, bool fetching, uint64_t demand_bytes)
 {
   struct group_file g;
   double now = state_now (), dt;
@@ -274,8 +272,6 @@ group_tick (bool copying, uint64_t demand_bytes)
     demand_rate += w * ((demand_bytes - last_demand_bytes) / dt - demand_rate);
   }
   last_tick = now;
-  if (demand_bytes != last_demand_bytes)
-    fetched_at = now;
   last_demand_bytes = demand_bytes;
 
   if (flock (fd, LOCK_EX | LOCK_NB) == -1)
@@ -286,7 +282,7 @@ group_tick (bool copying, uint64_t demand_bytes)
   }
   g.slot[me].pid = getpid ();    /* taken back if another freed it */
   g.slot[me].flags = (copying ? SLOT_COPYING : 0) |
-    (fetched_at > 0 && now - fetched_at < GUEST_SECONDS ? SLOT_FETCHING : 0);
+    (fetching ? SLOT_FETCHING : 0);
   g.slot[me].seen = now;
   g.slot[me].demand = demand_rate;
   share = divide (&g, now, copying, &n, &demand, &guest);

@@ -36,9 +36,10 @@ int group_open (void);
 void group_close (void);
 
 /* A coordinator pass: copying says whether the background copy runs,
- * demand_bytes is the total fetched on demand so far.
+ * fetching whether our guest fetches on demand (lately), demand_bytes
+ * is the total fetched on demand so far.
  */
-void group_tick (bool copying, uint64_t demand_bytes);
+void group_tick (bool copying, bool fetching, uint64_t demand_bytes);
 
 /* This relocation's share of the budget, bytes/s; 0 = no group. */
 uint64_t group_cap (void);
