@@ -253,7 +253,7 @@ request_blocks (uint64_t rate)
   if (rate > 0 && group_cap () > 0)
     fit = MIN (fit, pow2_floor ((uint64_t) MIN (rate * RATE_SLICE,
                                                 GROUP_WINDOW / 8) / blk_size));
-  return MAX (1, fit);
+  return fit;
 }
 
 /* Whether our guest fetches on demand: a fetch ended within
