@@ -30,16 +30,22 @@ START=$(date +%s)
 elapsed () { echo "$(( $(date +%s) - START ))s"; }
 
 # free_range [N]: the first of N (4) ports free now; the ranges are
-# distinct and small.
+# distinct and small.  Below the kernel's ephemeral ports: a range is
+# held for the whole test, and a client's connection must not take a
+# port of it meanwhile (a migration then failed with "Address already
+# in use").
 free_range ()
 {
     $PY - "${1:-4}" <<'EOF'
 import socket, random, sys
+n = int(sys.argv[1])
+with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+    low = int(f.read().split()[0])
 for _ in range(200):
-    p = random.randrange(20000, 60000)
+    p = random.randrange(10000, max(10001, low - n))
     try:
         ss = []
-        for q in range(p, p + int(sys.argv[1])):
+        for q in range(p, p + n):
             s = socket.socket(); s.bind(("127.0.0.1", q)); ss.append(s)
         print(p); break
     except OSError:
